@@ -1,0 +1,471 @@
+"""Validate Megatron Bridge iter_* checkpoint directories and discover them under a training run.
+
+Standard library only, and frugal with file system calls: a cron pass runs discovery over
+thousands of directories on NFS, so each iteration directory costs one os.scandir plus a few
+small reads. The facts behind every check (save order, lookalikes) are in the shared research
+note megatron-bridge-checkpoints.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from hpc_eval.errors import CheckpointError
+
+ITER_NAME = re.compile(r"^iter_(\d+)$")
+TRACKER_TXT = "latest_checkpointed_iteration.txt"  # Megatron-LM text tracker: the step, no newline
+TRACKER_PT = "latest_train_state.pt"  # Bridge tracker (a torch pickle we never open)
+# .metadata is a pickle whose storage_data holds each shard's relative_path as raw UTF-8.
+SHARD_REFERENCE = re.compile(rb"[\w.\-]*\.distcp")
+HF_WEIGHTS = re.compile(
+    r"^(model\.safetensors|pytorch_model\.bin)(\.index\.json)?$"
+    r"|^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$"
+)
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+ENERGON_STATE = re.compile(r"^train_dataloader_dprank\d+\.pt$")
+# yaml.safe_dump indents nested keys by two spaces; this is the only nested key we read.
+CKPT_FORMAT_LINE = re.compile(r"^  ckpt_format:\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What validate() found at one path: a usable checkpoint, or why it is not one."""
+
+    path: Path
+    ok: bool
+    iteration: int | None = None
+    format: str | None = None
+    has_tokenizer: bool = False
+    reason: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """Return a JSON-ready dict of the verdict."""
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "iteration": self.iteration,
+            "format": self.format,
+            "has_tokenizer": self.has_tokenizer,
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The iter_* checkpoints found directly under a training run's checkpoint directory."""
+
+    run_dir: Path
+    valid: list[Verdict]  # ascending by iteration
+    invalid: list[Verdict]  # candidates in range that failed, with reasons
+
+
+@dataclass(frozen=True)
+class _RunConfig:
+    """The few facts of run_config.yaml the validator needs."""
+
+    has_model: bool
+    ckpt_format: str | None
+    peft: bool
+
+
+def validate(
+    path: str | os.PathLike, *, quiet_seconds: float = 0.0, now: float | None = None
+) -> Verdict:
+    """Say whether `path` is a complete Megatron Bridge iter_* checkpoint that can be served."""
+    path = Path(os.path.abspath(path))
+    try:
+        entries = _scan(path)
+    except OSError as error:
+        return Verdict(path, ok=False, reason=_scan_error(path, error))
+    lookalike = _lookalike(path, entries)
+    if lookalike is not None:
+        return lookalike
+    in_run = ITER_NAME.match(path.name) is not None
+    tracker = _read_tracker(path.parent) if in_run else None
+    verdict = _check_iter_dir(path, entries, tracker, quiet_seconds, now)
+    return verdict if verdict.ok or not in_run else _with_latest_hint(verdict)
+
+
+def discover(
+    run_dir: str | os.PathLike,
+    *,
+    select: str = "all",
+    every: int | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    quiet_seconds: float = 0.0,
+    now: float | None = None,
+) -> Discovery:
+    """List the iter_* checkpoints directly under `run_dir`; raise CheckpointError if unreadable.
+
+    select="all" validates every candidate in range; select="latest" tries the tracker's
+    iteration first, then the others from the highest down, and stops at the first valid one.
+    """
+    if select not in ("all", "latest"):
+        raise ValueError(f"select must be 'all' or 'latest', not {select!r}")
+    run_dir = Path(os.path.abspath(run_dir))
+    try:
+        entries = _scan(run_dir)
+    except OSError as error:
+        raise CheckpointError(_scan_error(run_dir, error)) from None
+    return _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds, now)
+
+
+def latest(run_dir: str | os.PathLike) -> Verdict | None:
+    """Return the run's latest valid checkpoint (tracker first, then highest valid), or None."""
+    found = discover(run_dir, select="latest").valid
+    return found[0] if found else None
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Say whether `path` looks like a training run's checkpoint root (iter_* children or trackers)."""
+    try:
+        return _looks_like_run_dir(_scan(Path(path)))
+    except OSError:
+        return False
+
+
+# ---- discovery ----
+
+
+def _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds, now) -> Discovery:
+    """Filter the scanned children by name and step range first, then validate the candidates."""
+    candidates = []
+    for name, entry in entries.items():
+        match = ITER_NAME.match(name)
+        if match is None:
+            continue
+        step = int(match.group(1))
+        in_range = (from_step is None or step >= from_step) and (to_step is None or step <= to_step)
+        if in_range and (not every or step % every == 0) and entry.is_dir():
+            candidates.append((step, entry))
+    tracker = _read_tracker(run_dir) if TRACKER_TXT in entries else None
+    if select == "latest":
+        # The tracker's iteration first, then the rest from the highest step down.
+        candidates.sort(key=lambda candidate: (candidate[0] != tracker, -candidate[0]))
+    else:
+        candidates.sort(key=lambda candidate: candidate[0])
+    valid, invalid = [], []
+    for step, entry in candidates:
+        verdict = _check_child(run_dir / entry.name, tracker, quiet_seconds, now)
+        (valid if verdict.ok else invalid).append(verdict)
+        if valid and select == "latest":
+            break
+    invalid.sort(key=lambda verdict: verdict.iteration)
+    return Discovery(run_dir, valid, invalid)
+
+
+def _check_child(path: Path, tracker: int | None, quiet_seconds: float, now: float | None) -> Verdict:
+    """Validate one iter_* directory found by discovery (one scan, no lookalike checks)."""
+    try:
+        entries = _scan(path)
+    except OSError as error:
+        return Verdict(path, ok=False, iteration=_iteration(path), reason=_scan_error(path, error))
+    return _check_iter_dir(path, entries, tracker, quiet_seconds, now)
+
+
+def _with_latest_hint(verdict: Verdict) -> Verdict:
+    """Append the run's latest complete checkpoint to the reason, when there is one."""
+    try:
+        best = latest(verdict.path.parent)
+    except CheckpointError:
+        return verdict
+    if best is None:
+        return verdict
+    return replace(verdict, reason=f"{verdict.reason} (latest complete checkpoint of this run: {best.path})")
+
+
+# ---- lookalikes: directories that are something else than one iter_* checkpoint ----
+
+
+def _lookalike(path: Path, entries: dict[str, os.DirEntry]) -> Verdict | None:
+    """Reject a Hugging Face, PEFT, NeMo 2, run or dataloader directory, saying what it is."""
+    names = entries.keys()
+    is_hf = "config.json" in names and any(HF_WEIGHTS.match(name) for name in names)
+    is_peft = "adapter_config.json" in names and any(name in names for name in PEFT_WEIGHTS)
+    if (is_hf or is_peft) and ITER_NAME.match(path.parent.name):
+        return _not_megatron(
+            path, "hf",
+            f"{path} is the Hugging Face export saved inside {path.parent.name} "
+            f"(also_save_hf_checkpoint), not the Megatron checkpoint; pass {path.parent} for "
+            f"Megatron serving, or serve {path} with an HF deployment (vLLM/SGLang)",
+        )
+    if is_hf:
+        return _not_megatron(
+            path, "hf",
+            f"{path} is a Hugging Face checkpoint, not a Megatron Bridge iter_* checkpoint; serve it "
+            f"with an HF deployment (vLLM/SGLang), or import it with AutoBridge.import_ckpt, "
+            f"which writes <dir>/iter_0000000",
+        )
+    if is_peft:
+        return _not_megatron(
+            path, "hf_peft",
+            f"{path} is a Hugging Face PEFT adapter, not a Megatron Bridge checkpoint; serve it on "
+            f"its base model with an HF deployment that loads adapters (e.g. vLLM --lora-modules)",
+        )
+    if _is_dir(entries, "context") and _is_dir(entries, "weights"):
+        return _not_megatron(
+            path, "nemo2",
+            f"{path} is a NeMo 2 checkpoint (context/ + weights/), not Megatron Bridge; export it "
+            f"to Hugging Face and serve or import that, or use a NeMo 2 deployment",
+        )
+    if _looks_like_run_dir(entries):
+        return Verdict(path, ok=False, reason=_run_dir_reason(path, entries))
+    under_energon = path.parent.name == "energon" and ITER_NAME.match(path.name) is not None
+    if under_energon or (names and all(ENERGON_STATE.match(name) for name in names)):
+        model_dir = path.parent.parent / path.name
+        fix = f"pass {model_dir} instead" if under_energon else "pass the model's iter_* directory"
+        return _not_megatron(
+            path, None, f"{path} holds Megatron-Energon dataloader state, not model weights; {fix}"
+        )
+    return None
+
+
+def _not_megatron(path: Path, fmt: str | None, reason: str) -> Verdict:
+    """A rejection for a directory that is another kind of checkpoint."""
+    return Verdict(path, ok=False, format=fmt, reason=reason)
+
+
+def _looks_like_run_dir(entries: dict[str, os.DirEntry]) -> bool:
+    """True when the directory has trackers or iter_* subdirectories."""
+    if TRACKER_TXT in entries or TRACKER_PT in entries:
+        return True
+    return any(ITER_NAME.match(name) and entry.is_dir() for name, entry in entries.items())
+
+
+def _run_dir_reason(path: Path, entries: dict[str, os.DirEntry]) -> str:
+    """Explain that `path` is a run directory and name the iteration directory to pass instead."""
+    found = _discover(path, entries, "latest", None, None, None, 0.0, None)
+    prefix = f"{path} is a training run's checkpoint directory, not one checkpoint"
+    if not found.valid:
+        return (
+            f"{prefix}, and none of its iter_* directories is a complete checkpoint yet; wait for "
+            f"a save to finish, then pass that iter_* directory"
+        )
+    best = found.valid[0]
+    tracker = _read_tracker(path) if TRACKER_TXT in entries else None
+    if tracker == best.iteration:
+        how = "latest by tracker and scan"
+    elif tracker is None:
+        how = f"highest complete iteration; no {TRACKER_TXT}"
+    else:
+        how = f"highest complete iteration; the tracker names iter_{tracker:07d}, which is not usable"
+    return (
+        f"{prefix}; pass an iteration directory such as {best.path} ({how}), "
+        f"or give the directory to --all/--latest"
+    )
+
+
+# ---- one iter_* directory ----
+
+
+def _check_iter_dir(path, entries, tracker, quiet_seconds, now) -> Verdict:
+    """Validate the files of one iteration directory; an unreadable file is a rejection too."""
+    iteration = _iteration(path)
+    has_tokenizer = _is_dir(entries, "tokenizer")
+    try:
+        config = _read_run_config(path) if "run_config.yaml" in entries else None
+        problem, fmt = _completeness_problem(path, entries, config)
+        if problem is not None:
+            return Verdict(path, False, iteration, fmt, has_tokenizer, problem)
+        warnings = _warnings(path, entries, iteration, tracker, config, quiet_seconds, now)
+    except OSError as error:
+        reason = _scan_error(Path(error.filename or path), error)
+        return Verdict(path, False, iteration, None, has_tokenizer, reason)
+    return Verdict(path, True, iteration, "torch_dist", has_tokenizer, None, warnings)
+
+
+def _completeness_problem(path, entries, config) -> tuple[str | None, str | None]:
+    """Return (reason, format) for the first missing or broken piece, in the save's write order."""
+    names = entries.keys()
+    shards = sorted(name for name in names if name.endswith(".distcp"))
+    earlier = "wait for the save to finish or use an earlier iteration"
+    tmp = sorted(name for name in names if name.endswith(".tmp"))
+    if tmp:
+        return f"{path} is still being saved or the save crashed: {tmp[0]} is present; {earlier}", None
+    if not shards and ".metadata" not in names:
+        if names & {"metadata.json", "train_state.pt", "run_config.yaml"}:
+            return f"{path} has no weights: no *.distcp shards and no .metadata; {earlier}", None
+        return (
+            f"{path} is not a checkpoint: no *.distcp shards, .metadata, metadata.json or "
+            f"run_config.yaml; pass an iter_NNNNNNN directory written by Megatron Bridge"
+        ), None
+    if ".metadata" not in names:
+        return (
+            f"{path} is incomplete: *.distcp shards without .metadata (shards still being written, "
+            f"or the job died during an async save); {earlier}"
+        ), None
+    if not shards:
+        return f"{path} is incomplete: .metadata but no *.distcp shards; {earlier}", None
+    if "metadata.json" not in names:
+        if config is not None and config.ckpt_format == "fsdp_dtensor":
+            return (
+                f"{path} is an fsdp_dtensor checkpoint, which cannot be served without conversion; "
+                f"convert it to torch_dist with Megatron Bridge's "
+                f"examples/conversion/mfsdp/convert_checkpoints_fsdp.py"
+            ), "fsdp_dtensor"
+        return (
+            f"{path} is incomplete: .metadata without metadata.json (the Megatron-Core finalize "
+            f"did not run); {earlier}"
+        ), None
+    problem = _metadata_json_problem(path / "metadata.json")
+    if problem:
+        return problem, None
+    if "run_config.yaml" not in names:
+        if "train_state.pt" in names:
+            return (
+                f"{path} is incomplete: train_state.pt without run_config.yaml (the Bridge finalize "
+                f"was interrupted; the tracker may already point here); {earlier}"
+            ), None
+        return (
+            f"{path} is a Megatron-LM checkpoint, not Megatron Bridge (no run_config.yaml or "
+            f"train_state.pt); convert it as in Megatron Bridge's "
+            f"docs/megatron-lm-to-megatron-bridge.md, or, for a Bridge run, {earlier}"
+        ), "megatron_lm"
+    return _content_problem(path, entries, shards, config), None
+
+
+def _content_problem(path, entries, shards, config: _RunConfig) -> str | None:
+    """Check sizes and cross-references of a checkpoint whose files are all present."""
+    earlier = "use an earlier iteration"
+    if "train_state.pt" not in entries:
+        return f"{path} is damaged: run_config.yaml without train_state.pt; {earlier}"
+    if not config.has_model:
+        return f"{path}/run_config.yaml has no model section (truncated write?); {earlier}"
+    empty = [name for name in shards + ["train_state.pt"] if entries[name].stat().st_size == 0]
+    if empty:
+        return f"{path} is truncated: zero-byte {', '.join(empty)}; {earlier}"
+    with open(path / ".metadata", "rb") as file:
+        metadata = file.read()
+    if not metadata:
+        return f"{path} is truncated: zero-byte .metadata; {earlier}"
+    present = set(shards)
+    # Strip a leading byte that may be a pickle length prefix that happens to look like a word char.
+    missing = sorted(
+        name for name in {match.decode() for match in SHARD_REFERENCE.findall(metadata)}
+        if name not in present and name[1:] not in present
+    )
+    if missing:
+        return f"{path} is missing shard files named in .metadata: {', '.join(missing)}; {earlier}"
+    return None
+
+
+def _metadata_json_problem(metadata_json: Path) -> str | None:
+    """Require metadata.json to be a JSON object with sharded_backend torch_dist."""
+    try:
+        with open(metadata_json, "rb") as file:
+            backend = json.loads(file.read()).get("sharded_backend")
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+        return f"{metadata_json} is not a valid JSON object (damaged or half-written); use an earlier iteration"
+    if backend != "torch_dist":
+        return (
+            f"{metadata_json} says sharded_backend {backend!r}, not 'torch_dist'; only torch_dist "
+            f"checkpoints can be served: re-save it with a current Megatron Bridge"
+        )
+    return None
+
+
+def _warnings(path, entries, iteration, tracker, config, quiet_seconds, now) -> tuple[str, ...]:
+    """Things that do not make the checkpoint unusable but that the user should know."""
+    warnings = []
+    if iteration is None:
+        warnings.append(f"{path.name} is not named iter_NNNNNNN: the iteration is unknown")
+    elif len(ITER_NAME.match(path.name).group(1)) < 7:
+        warnings.append(f"{path.name} is not zero-padded; Megatron tools look for iter_{iteration:07d}")
+    if not _is_dir(entries, "tokenizer"):
+        warnings.append(
+            "no tokenizer/ directory: serving uses the tokenizer named in run_config.yaml, which "
+            "must be reachable from the compute node (or the save is still finishing)"
+        )
+    if config.peft:
+        warnings.append(
+            "run_config.yaml sets peft: this is an adapter-only checkpoint; serving needs the "
+            "base model from checkpoint.pretrained_checkpoint"
+        )
+    if "non_persistent" in path.parts:
+        warnings.append("non-persistent checkpoint: training may delete it at any time")
+    if tracker is not None and iteration is not None and iteration > tracker:
+        warnings.append(
+            f"iteration {iteration} is newer than the run's tracker ({TRACKER_TXT} says "
+            f"{tracker}): the save may not be finalized, or this is a stale directory"
+        )
+    if quiet_seconds > 0:
+        newest = max([os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()])
+        age = (time.time() if now is None else now) - newest
+        if age < quiet_seconds:
+            warnings.append(
+                f"files were modified {age:.0f}s ago (quiet window {quiet_seconds:g}s): a save "
+                f"may still be running; validate again later"
+            )
+    return tuple(warnings)
+
+
+# ---- small readers ----
+
+
+def _read_run_config(path: Path) -> _RunConfig:
+    """Read model/peft/checkpoint.ckpt_format from run_config.yaml with a line reader (no PyYAML)."""
+    with open(path / "run_config.yaml", "rb") as file:
+        lines = file.read().decode("utf-8", errors="replace").splitlines()
+    top: dict[str, str] = {}  # top-level key -> its inline value ("" when a block follows)
+    with_block: set[str] = set()
+    section, ckpt_format = None, None
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0] not in " -":  # safe_dump writes top-level keys at column 0, list items as "- "
+            section, _, value = line.partition(":")
+            top[section] = value.strip()
+            continue
+        with_block.add(section)
+        match = CKPT_FORMAT_LINE.match(line)
+        if section == "checkpoint" and match:
+            ckpt_format = match.group(1).strip().strip("'\"")
+    peft_value = top.get("peft", "")
+    peft = peft_value not in ("", "null", "~") or "peft" in with_block
+    return _RunConfig(has_model="model" in top, ckpt_format=ckpt_format, peft=peft)
+
+
+def _read_tracker(run_dir: Path) -> int | None:
+    """Return the step in latest_checkpointed_iteration.txt, or None (absent, 'release', unreadable)."""
+    try:
+        with open(run_dir / TRACKER_TXT, "rb") as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _scan(path: Path) -> dict[str, os.DirEntry]:
+    """List a directory once; DirEntry caches type and stat so later checks cost no extra calls."""
+    with os.scandir(path) as iterator:
+        return {entry.name: entry for entry in iterator}
+
+
+def _scan_error(path: Path, error: OSError) -> str:
+    """Turn an OSError met while reading `path` into a reason with the fix."""
+    if isinstance(error, FileNotFoundError):
+        return f"{path} does not exist (or vanished while being checked); check the path"
+    if isinstance(error, NotADirectoryError):
+        return f"{path} is a file, not a directory; pass the iter_NNNNNNN directory of the checkpoint"
+    if isinstance(error, PermissionError):
+        return f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
+    return f"cannot read {path}: {error.strerror or error}"
+
+
+def _iteration(path: Path) -> int | None:
+    """The step in an iter_NNNNNNN name, or None."""
+    match = ITER_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _is_dir(entries: dict[str, os.DirEntry], name: str) -> bool:
+    """True when `name` is among the scanned entries and is a directory."""
+    entry = entries.get(name)
+    return entry is not None and entry.is_dir()

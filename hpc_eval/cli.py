@@ -1,0 +1,211 @@
+"""The `hpc-eval` command line: parse options, call one library function, format its result.
+
+Heavy modules (the launcher, submitit) are imported inside the commands that need them, so that
+`hpc-eval --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from hpc_eval.errors import HpcEvalError
+
+
+class CliError(click.ClickException):
+    """A library error shown as one line, with the library's exit code."""
+
+    def __init__(self, error: HpcEvalError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+def translate_errors(command):
+    """Show HpcEvalError as `Error: ...` (no traceback) unless --debug was given."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HpcEvalError as error:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise CliError(error) from None
+
+    return wrapper
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="hpc-eval")
+def main(debug: bool) -> None:
+    """Evaluate LLM checkpoints on a Slurm cluster with NeMo Evaluator Launcher."""
+
+
+# ---- commands below; each one calls a library function and formats what it returns ----
+
+
+def config_options(command):
+    """The options every command that loads a config shares (submit, watch, config show)."""
+    options = [
+        click.option("-c", "--config", "config_name", default="default", show_default=True,
+                     help="A built-in config name (default, tiny_chat) or a YAML path."),
+        click.argument("overrides", nargs=-1),
+        click.option("-t", "--task", "tasks", multiple=True, help="Run only this task (name or name.INDEX); repeatable; wins over task_filters."),
+        click.option("--output-dir", type=click.Path(file_okay=False), help="Root of all evaluation directories (the output_dir key)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def slurm_options(command):
+    options = [
+        click.option("--partition", help="Slurm partition (slurm.partition)."),
+        click.option("--account", help="Slurm account (slurm.account)."),
+        click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00 (slurm.time)."),
+        click.option("--gpus", type=int, help="GPUs per node (slurm.gpus_per_node)."),
+        click.option("--parallel", type=int, help="At most N array tasks at once (slurm.array_parallelism)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def slurm_cli_overrides(partition, account, time_limit, gpus, parallel) -> dict:
+    return {"partition": partition, "account": account, "time": time_limit, "gpus_per_node": gpus, "array_parallelism": parallel}
+
+
+def selection_options(command):
+    options = [
+        click.option("--all", "select_all", is_flag=True, help="Every valid checkpoint of a run directory."),
+        click.option("--latest", is_flag=True, help="The latest valid checkpoint of a run directory (tracker first)."),
+        click.option("--every", type=int, help="Checkpoints whose step is a multiple of N."),
+        click.option("--from-step", type=int, help="Checkpoints at or after this step."),
+        click.option("--to-step", type=int, help="Checkpoints at or before this step."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@config_options
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              help="An iter_* directory, a glob, or a run's checkpoint directory with --all/--latest/...; repeatable.")
+@selection_options
+@slurm_options
+@click.option("--run", "run_label", help="Name of the training run in the output tree (default: from the checkpoint path).")
+@click.option("--strict", is_flag=True, help="Refuse the whole submission when any selected checkpoint is invalid.")
+@click.option("--force", is_flag=True, help="Evaluate again checkpoints already evaluated with the same config.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve, validate and save everything under a temp dir and show the sbatch script; submit nothing. "
+                   "(The `dry_run` config key is different: the launcher's own dry run, inside the job.)")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@translate_errors
+def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, latest, every, from_step, to_step,
+           partition, account, time_limit, gpus, parallel, run_label, strict, force, dry_run, as_json):
+    """Submit evaluations of checkpoints as one Slurm job or one job array.
+
+    \b
+    Examples:
+      hpc-eval submit -c default --checkpoint /runs/a/checkpoints/iter_0002000
+      hpc-eval submit -c my.yaml --checkpoint /runs/a/checkpoints --all --parallel 4
+      hpc-eval submit -c tiny_chat --dry-run
+    """
+    from hpc_eval import config as config_lib
+    from hpc_eval import submit as submit_lib
+
+    selection = submit_lib.Selection(select_all, latest, every, from_step, to_step)
+    choice = submit_lib.choose_checkpoints(list(checkpoints), selection, strict=strict)
+    first = choice.valid[0][0] if choice.valid else None
+    config = config_lib.load_config(config_name, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir)
+    config_lib.preflight(config)
+    settings = submit_lib.slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
+    result = submit_lib.submit_evaluations(config, choice, settings, run=run_label, force=force, dry_run=dry_run)
+    if as_json:
+        emit_json({**result.to_dict(), "output_dir": str(config.output_dir)})
+    else:
+        print_submit_result(result, config.output_dir)
+
+
+def print_submit_result(result, output_dir) -> None:
+    for path, reason in result.invalid:
+        click.echo(f"skip (invalid): {path}: {reason}")
+    for evaluation in result.evaluations:
+        if evaluation.action == "skip":
+            click.echo(f"skip: {evaluation.checkpoint or evaluation.run}: {evaluation.reason}")
+    for evaluation in result.to_submit:
+        click.echo(f"launcher_config: {evaluation.paths.launcher_config}")
+    if result.dry_run:
+        count = len(result.to_submit)
+        click.echo(f"dry run: would submit {count} evaluation(s)" + (f" as one array of {count}" if count > 1 else "") + "; nothing submitted")
+        if result.sbatch_script and count:
+            click.echo("sbatch script:\n" + result.sbatch_script)
+        return
+    if not result.jobs:
+        click.echo("nothing to submit")
+        return
+    for job in result.jobs:
+        kind = f"array job {job.job_id} ({len(job.task_ids)} tasks)" if len(job.task_ids) > 1 else f"job {job.job_id}"
+        click.echo(f"submitted {kind}")
+        for task_id, evaluation in zip(job.task_ids, job.evaluations):
+            click.echo(f"  {task_id}  {evaluation.paths.root}")
+            attempt = evaluation.paths.read_attempts()[-1]
+            click.echo(f"    stdout: {attempt['stdout']}")
+    click.echo(f"status_command: hpc-eval status {output_dir}")
+    click.echo(f"logs_command: hpc-eval logs {result.jobs[0].evaluations[0].paths.root}")
+    click.echo(f"results_command: hpc-eval results {output_dir}")
+
+
+@main.group("config")
+def config_group():
+    """Inspect configs."""
+
+
+@config_group.command("show")
+@config_options
+@click.option("--checkpoint", help="Set deployment.checkpoint_path (interpolations follow it).")
+@translate_errors
+def config_show(config_name, overrides, tasks, output_dir, checkpoint):
+    """Print the resolved launcher config (the tool's own keys removed; secrets by name only)."""
+    from omegaconf import OmegaConf
+
+    from hpc_eval.config import load_config
+
+    config = load_config(config_name, overrides, checkpoint=checkpoint, tasks=tasks, output_dir=output_dir)
+    click.echo(OmegaConf.to_yaml(OmegaConf.create(config.launcher)), nl=False)
+
+
+@main.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of verdicts.")
+@click.option(
+    "--quiet-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    help="Warn when files changed within this many seconds (a save may still be running).",
+)
+@translate_errors
+def validate_command(paths: tuple[str, ...], as_json: bool, quiet_seconds: float) -> None:
+    """Check that each PATH is a complete Megatron Bridge iter_* checkpoint (exit 1 if any is not)."""
+    from hpc_eval import checkpoint
+
+    verdicts = [checkpoint.validate(path, quiet_seconds=quiet_seconds) for path in paths]
+    if as_json:
+        emit_json([verdict.to_dict() for verdict in verdicts])
+    else:
+        for verdict in verdicts:
+            if verdict.ok:
+                click.echo(f"OK  {verdict.path}  iter {verdict.iteration}  {verdict.format}")
+            else:
+                click.echo(f"INVALID  {verdict.path}: {verdict.reason}")
+            for warning in verdict.warnings:
+                click.echo(f"  warning: {warning}")
+    if not all(verdict.ok for verdict in verdicts):
+        sys.exit(1)

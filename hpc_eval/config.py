@@ -1,0 +1,300 @@
+"""Load, compose, override, resolve and strip a NeMo Evaluator Launcher config.
+
+A config is a launcher config plus the tool's own keys (`TOOL_KEYS`). `load_config` returns the
+resolved launcher part as plain data with the tool's keys taken out; `preflight` checks it the
+way the launcher would, without the launcher's side effects; `save_launcher_config` writes it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpc_eval.errors import ConfigError
+
+TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
+# Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
+# submit again from inside the job.
+IN_JOB_EXECUTORS = ("local", "hpc_eval")
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+if not BUILTIN_CONFIGS.is_dir():  # an editable install: the top-level configs/ folder
+    BUILTIN_CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@dataclass
+class EvalConfig:
+    """A resolved config: the launcher's part, and the tool's own keys taken out of it."""
+
+    source: Path
+    launcher: dict[str, Any]
+    output_dir: Path
+    dry_run: bool = False
+    task_filters: list[str] | None = None
+    slurm: dict[str, Any] = field(default_factory=dict)
+    unresolved: DictConfig | None = field(default=None, repr=False)  # to resolve again per checkpoint
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        return (self.launcher.get("deployment") or {}).get("checkpoint_path")
+
+    @property
+    def serves_checkpoint(self) -> bool:
+        """True when the launcher deploys a model server (which mounts /checkpoint)."""
+        return (self.launcher.get("deployment") or {}).get("type", "none") != "none"
+
+    def config_hash(self) -> str:
+        """A short hash of what changes a score: tasks, params, target, deployment; not paths."""
+        scored = {k: v for k, v in self.launcher.items() if k not in ("execution", "user_config_path")}
+        text = json.dumps({"config": scored, "task_filters": self.task_filters}, sort_keys=True)
+        if self.checkpoint_path:
+            text = text.replace(self.checkpoint_path, "<checkpoint>")
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def for_checkpoint(self, checkpoint: Path) -> "EvalConfig":
+        """The same config resolved again with another checkpoint (its interpolations follow it)."""
+        cfg = self.unresolved.copy()
+        OmegaConf.update(cfg, "deployment.checkpoint_path", str(checkpoint.absolute()), force_add=True)
+        return resolve(self.source, cfg, self.task_filters or ())
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path to a YAML file, or the name of a built-in config."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}; give a YAML path or one of the built-in names {builtin_names()}")
+        return path.resolve()
+    builtin = BUILTIN_CONFIGS / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise ConfigError(f"unknown config '{name_or_path}': not a file and not a built-in config; built-in names are {builtin_names()}")
+    return builtin
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The YAML file's top-level mapping, or a ConfigError that names the file and the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {error.problem or error.context}; fix the file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: YAML error: {error}; fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (execution:, deployment:, evaluation:, ...), not {type(data).__name__}")
+    return data
+
+
+def compose(path: Path, data: dict[str, Any]) -> DictConfig:
+    """The config as the launcher composes it: a Hydra `defaults:` list pulls in its groups."""
+    if "defaults" not in data:
+        return OmegaConf.create(data)
+    from hpc_eval.launcher import import_launcher
+
+    import_launcher()
+    from nemo_evaluator_launcher.api.types import RunConfig
+
+    try:
+        composed = RunConfig.from_hydra(config=str(path))
+    except Exception as error:  # Hydra reports a missing group or option with its own types
+        raise ConfigError(f"{path}: cannot compose its defaults list: {error}") from None
+    plain = OmegaConf.to_container(composed, resolve=False)
+    plain.pop("user_config_path", None)
+    return OmegaConf.create(plain)
+
+
+def key_exists(cfg: DictConfig, dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return True
+
+
+def apply_override(cfg: DictConfig, item: str, source: Path) -> None:
+    """Apply one `key=value` (existing key), `+key=value` (new key) or `~key` (delete)."""
+    if item.startswith("~"):
+        key = item[1:]
+        if not key_exists(cfg, key):
+            raise ConfigError(f"override '{item}': no key '{key}' in {source} to delete")
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        del node[int(leaf) if isinstance(node, ListConfig) else leaf]
+        return
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5")
+    adding = item.startswith("+")
+    key, _, _ = item.lstrip("+").partition("=")
+    if not adding and not key_exists(cfg, key):
+        raise ConfigError(f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key")
+    try:
+        value = OmegaConf.select(OmegaConf.from_dotlist([item.lstrip("+")]), key)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"override '{item}': cannot parse the value: {error}") from None
+    OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def suggest(cfg: DictConfig, key: str) -> str:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    return f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every `???` left in the config."""
+    found = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        dotted = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            found.append(dotted)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_interpolation():
+            found += missing_keys(child, dotted + ".")
+    return found
+
+
+def load_config(
+    name_or_path: str,
+    overrides: tuple[str, ...] | list[str] = (),
+    *,
+    checkpoint: str | Path | None = None,
+    tasks: tuple[str, ...] | list[str] = (),
+    output_dir: str | Path | None = None,
+) -> EvalConfig:
+    """Load a config, apply overrides and the checkpoint, resolve it, and take out the tool's keys.
+
+    Raises:
+        ConfigError: the file, an override or a resolved value is wrong.
+    """
+    source = find_config(name_or_path)
+    cfg = compose(source, read_yaml_mapping(source))
+    for item in overrides:
+        apply_override(cfg, item, source)
+    if checkpoint is not None:
+        OmegaConf.update(cfg, "deployment.checkpoint_path", str(Path(checkpoint).absolute()), force_add=True)
+    if output_dir is not None:
+        OmegaConf.update(cfg, "output_dir", str(output_dir), force_add=True)
+    return resolve(source, cfg, tasks)
+
+
+def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -> EvalConfig:
+    missing = missing_keys(cfg)
+    if missing:
+        hint = " or --checkpoint" if "deployment.checkpoint_path" in missing else ""
+        raise ConfigError(f"{source}: no value for {', '.join(missing)} (marked ???); set it with {missing[0]}=VALUE{hint}")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "?"
+        raise ConfigError(f"{source}: cannot resolve '{key}': {error.msg if hasattr(error, 'msg') else error}") from None
+    tool = {key: resolved.pop(key) for key in TOOL_KEYS if key in resolved}
+    task_filters = list(tasks) or tool.get("task_filters") or None
+    if task_filters is not None and not isinstance(task_filters, list):
+        raise ConfigError(f"{source}: task_filters must be a list such as [name, name.0], not {task_filters!r}")
+    output_dir = Path(tool.get("output_dir") or "./results").expanduser().absolute()
+    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, tool.get("slurm") or {}, cfg)
+    check_launcher_shape(config)
+    return config
+
+
+def check_launcher_shape(config: EvalConfig) -> None:
+    """Checks that need no launcher import: executor type and the endpoint/deployment pairing."""
+    launcher, source = config.launcher, config.source
+    execution_type = (launcher.get("execution") or {}).get("type")
+    if execution_type in ("slurm", "lepton"):
+        raise ConfigError(
+            f"{source}: execution.type: {execution_type} would make the launcher submit again from inside the GPU job; "
+            f"hpc-eval does the Slurm submission itself, so use execution.type: local (or hpc_eval)"
+        )
+    if execution_type not in IN_JOB_EXECUTORS:
+        raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
+    endpoint = ((launcher.get("target") or {}).get("api_endpoint")) or {}
+    if config.serves_checkpoint:
+        present = [k for k in ("url", "model_id") if k in endpoint]
+        if present:
+            raise ConfigError(
+                f"{source}: target.api_endpoint.{present[0]} is set while deployment.type is "
+                f"{launcher['deployment']['type']}; the launcher points the tasks at its own server, so remove it (~target.api_endpoint.{present[0]})"
+            )
+    else:
+        empty = [k for k in ("url", "model_id") if not endpoint.get(k)]
+        if empty:
+            raise ConfigError(f"{source}: target.api_endpoint.{empty[0]} is empty and deployment.type is none; set target.api_endpoint.{empty[0]}=... (tiny_chat reads NEMO_EVALUATOR_MODEL_URL / NEMO_EVALUATOR_MODEL_ID)")
+
+
+def preflight(config: EvalConfig) -> None:
+    """Check the tasks and the `evaluation` section the way the launcher will, with no side effects.
+
+    Raises:
+        ConfigError: an unknown or ambiguous task, a bad evaluation key, or a filter that matches nothing.
+    """
+    from hpc_eval.launcher import import_launcher
+
+    import_launcher()
+    from nemo_evaluator_launcher.api.functional import filter_tasks
+    from nemo_evaluator_launcher.common.config_models import EvaluationModel
+    from nemo_evaluator_launcher.common.mapping import get_task_from_mapping, load_tasks_mapping
+    from pydantic import ValidationError
+
+    evaluation = config.launcher.get("evaluation") or {}
+    try:
+        EvaluationModel.model_validate(evaluation)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = "evaluation." + ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{config.source}: {where}: {first['msg']}; allowed evaluation keys are {sorted(EvaluationModel.model_fields)}") from None
+    tasks = evaluation.get("tasks") or []
+    if not tasks:
+        raise ConfigError(f"{config.source}: evaluation.tasks is empty; list at least one task (see `nel ls tasks`)")
+    mapping = load_tasks_mapping()
+    for index, task in enumerate(tasks):
+        if task.get("container"):
+            continue  # a custom image brings its own task list; the launcher checks it in the job
+        try:
+            get_task_from_mapping(task["name"], mapping)
+        except ValueError as error:
+            raise ConfigError(f"{config.source}: evaluation.tasks.{index}.name: {one_line(error)}") from None
+    if config.task_filters:
+        try:
+            filter_tasks(OmegaConf.create(config.launcher), config.task_filters)
+        except ValueError as error:
+            raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def save_launcher_config(config: EvalConfig, eval_dir: Path) -> Path:
+    """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
+    launcher = dict(config.launcher)
+    launcher["execution"] = {**launcher.get("execution", {}), "output_dir": str(eval_dir)}
+    path = eval_dir / "launcher_config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(launcher)))
+    return path

@@ -1,0 +1,313 @@
+"""What runs inside the Slurm job: evaluate one evaluation directory with the launcher's run_eval.
+
+`run_eval` returns as soon as the launcher has started its scripts, so the payload waits for
+them (blocking `waitpid`, no polling), collects every task's `results.yml` into `summary.json`,
+and fails the job when any task failed. On scancel (SIGTERM), a time limit or preemption (USR2,
+raised by submitit inside the wait) it stops everything the launcher started, within Slurm's
+KillWait: the launcher's own kill leaves server containers behind and is too slow.
+
+Imports nothing from the CLI; the launcher is imported only after its environment is set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hpc_eval.errors import EvaluationFailed
+from hpc_eval.store import EvalPaths, now_iso, read_json, write_json
+
+CLEANUP_BUDGET_S = 4.0  # Slurm's KillWait is 30 s by default, 5 s on the local test cluster
+SCRIPT_EXIT_GRACE_S = 0.5  # a script writes stage.exit as its very last act
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the payload (scancel, or Slurm ending the job)."""
+
+
+class Evaluation:
+    """The callable submitit runs: one evaluation directory per call.
+
+    Having `checkpoint` makes submitit requeue the job on a time limit or preemption (bounded by
+    the executor's max_num_timeout); the next attempt resumes the same launcher invocation.
+    """
+
+    def __call__(self, eval_dir: str) -> dict[str, Any]:
+        return run(Path(eval_dir))
+
+    def checkpoint(self, eval_dir: str):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, eval_dir)
+
+
+def run(eval_dir: Path) -> dict[str, Any]:
+    """Evaluate `eval_dir` (its launcher_config.yaml) and write its summary.json.
+
+    Raises:
+        EvaluationFailed: the checkpoint vanished or a task failed (the job then ends FAILED).
+    """
+    paths = EvalPaths(eval_dir)
+    request = paths.read_request()
+    summary = {"started_at": now_iso(), "dry_run": request.get("dry_run", False), **job_facts()}
+    start = time.monotonic()
+
+    checkpoint = request.get("checkpoint")
+    if checkpoint and not os.path.isdir(checkpoint):
+        reason = f"checkpoint vanished: {checkpoint} no longer exists (deleted by the training run's retention?)"
+        finish(paths, summary, start, "FAILED", reason=reason, failure="checkpoint_missing")
+        raise EvaluationFailed(reason)
+
+    launcher = start_launcher(paths)
+    try:
+        cfg = launcher.load_config(paths.launcher_config)
+        invocation = launcher.start(cfg, paths, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
+    except Exception as error:  # the launcher refused the config or could not start its scripts
+        reason = f"run_eval failed: {type(error).__name__}: {' '.join(str(error).split())}"
+        finish(paths, summary, start, "FAILED", reason=reason, failure="launcher_error")
+        raise EvaluationFailed(reason) from error
+    summary["invocation_id"] = invocation.id
+    summary["invocation_dir"] = str(invocation.directory) if invocation.directory else None
+    if summary["dry_run"]:
+        summary["scripts"] = sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
+        return finish(paths, summary, start, "COMPLETED", reason="launcher dry run: scripts written, nothing evaluated")
+
+    try:
+        with sigterm_raises():
+            wait_for_scripts(invocation.sessions)
+    except BaseException as stop:  # noqa: BLE001 - every way out of the wait must clean up
+        summary["cleanup"] = launcher.stop(invocation)
+        state, reason = interruption(stop)
+        finish(paths, summary, start, state, reason=reason, tasks=launcher.collect(invocation))
+        raise
+
+    tasks = launcher.collect(invocation)
+    failed = {name: task for name, task in tasks.items() if task["status"] != "success"}
+    if failed:
+        reason = "; ".join(f"{name}: {task['reason']}" for name, task in sorted(failed.items()))
+        finish(paths, summary, start, "FAILED", reason=reason, failure="task_failed", tasks=tasks)
+        raise EvaluationFailed(reason)
+    return finish(paths, summary, start, "COMPLETED", tasks=tasks)
+
+
+def job_facts() -> dict[str, Any]:
+    """The Slurm job this attempt runs in (array tasks as A_a)."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+    return {
+        "slurm_job_id": job_id,
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0) + 1,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def finish(paths: EvalPaths, summary: dict, start: float, state: str, **fields: Any) -> dict[str, Any]:
+    summary.update(fields, state=state, ended_at=now_iso(), duration_s=round(time.monotonic() - start, 2))
+    write_json(paths.summary, summary)
+    return summary
+
+
+def interruption(stop: BaseException) -> tuple[str, str]:
+    """The summary state for an exception that ended the wait."""
+    name = type(stop).__name__
+    if isinstance(stop, Terminated):
+        return "CANCELLED", "terminated (scancel or the end of the job): everything the launcher started was stopped"
+    if isinstance(stop, SystemExit):
+        return "REQUEUED", "time limit or preemption: requeued, the next attempt resumes the same invocation"
+    if name == "UncompletedJobError":
+        return "TIMEOUT", f"time limit or preemption, not requeued: {stop}"
+    return "FAILED", f"payload error while waiting: {name}: {stop}"
+
+
+class sigterm_raises:
+    """Turn SIGTERM into `Terminated` while waiting (submitit makes the job ignore SIGTERM)."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGTERM, self.raise_terminated)
+
+    def __exit__(self, *_):
+        signal.signal(signal.SIGTERM, self.previous)
+
+    @staticmethod
+    def raise_terminated(signum, frame):
+        raise Terminated("SIGTERM")
+
+
+def wait_for_scripts(sessions: list[int]) -> None:
+    """Block until every script the launcher started has exited."""
+    for pid in sessions:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped by the subprocess module's own cleanup
+            while os.path.exists(f"/proc/{pid}") and not is_zombie(pid):
+                time.sleep(1.0)
+    time.sleep(SCRIPT_EXIT_GRACE_S)
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def child_sessions() -> list[int]:
+    """Direct children of this process that lead their own session: the launcher's scripts."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, sid = int(fields[1]), int(fields[3])
+        if ppid == me and sid == int(entry):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def start_launcher(paths: EvalPaths) -> "Launcher":
+    """Set what the launcher reads at import time, then import it."""
+    os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
+    os.environ["NEMO_EVALUATOR_EXEC_DB_FILE"] = str(paths.launcher_state / "exec-db" / "exec.v1.jsonl")
+    from hpc_eval.launcher import import_launcher
+
+    paths.launcher_state.mkdir(exist_ok=True)
+    import_launcher(paths.launcher_state)
+    return Launcher()
+
+
+class Invocation:
+    """One launcher invocation in this job: its id, directory, task dirs and script sessions."""
+
+    def __init__(self, invocation_id: str, directory: Path | None, task_dirs: dict[str, Path], sessions: list[int]):
+        self.id, self.directory, self.task_dirs, self.sessions = invocation_id, directory, task_dirs, sessions
+
+
+class Launcher:
+    """The launcher calls the payload makes, in one place."""
+
+    def load_config(self, path: Path):
+        from nemo_evaluator_launcher.api.types import RunConfig
+        from omegaconf import OmegaConf
+
+        return RunConfig(OmegaConf.load(path))
+
+    def start(self, cfg, paths: EvalPaths, *, dry_run: bool, tasks: list[str] | None) -> Invocation:
+        """run_eval, or resume_eval of the invocation an earlier attempt of this job started."""
+        from nemo_evaluator_launcher.api.functional import resume_eval, run_eval
+        from nemo_evaluator_launcher.common.execdb import ExecutionDB
+
+        previous = (read_json(paths.payload_state) or {}).get("invocation_id")
+        if previous and not dry_run and ExecutionDB().get_jobs(previous):
+            invocation_id = resume_eval(previous)
+        else:
+            invocation_id = run_eval(cfg, dry_run=dry_run, tasks=tasks)
+            write_json(paths.payload_state, {"invocation_id": invocation_id})
+        sessions = child_sessions()
+        jobs = ExecutionDB().get_jobs(invocation_id)
+        task_dirs = {job.data["output_dir"].rsplit("/", 1)[-1]: Path(job.data["output_dir"]) for job in jobs.values()}
+        found = sorted(Path(cfg.execution.output_dir).glob(f"*-{invocation_id}"))
+        return Invocation(invocation_id, found[0] if found else None, task_dirs, sessions)
+
+    def collect(self, invocation: Invocation) -> dict[str, dict[str, Any]]:
+        """Each task's status, exit code and metrics; only trust results.yml when stage.exit is 0."""
+        return {name: task_outcome(directory) for name, directory in sorted(invocation.task_dirs.items())}
+
+    def stop(self, invocation: Invocation) -> dict[str, Any]:
+        """Stop everything the invocation started, fastest first, within CLEANUP_BUDGET_S."""
+        from nemo_evaluator_launcher.api.functional import kill_job_or_invocation
+
+        started = time.monotonic()
+        for session in invocation.sessions:  # no script may go on to its next step or task
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        names = container_names(invocation)
+        kill_containers(names, budget_s=CLEANUP_BUDGET_S / 2)
+        report: dict[str, Any] = {"sessions_killed": invocation.sessions, "containers_killed": names}
+        if time.monotonic() - started < CLEANUP_BUDGET_S / 2:
+            try:  # marks the jobs killed in the exec DB, so `nel status` agrees
+                kill_job_or_invocation(invocation.id)
+            except Exception as error:  # noqa: BLE001 - best effort once the processes are gone
+                report["launcher_kill_error"] = f"{type(error).__name__}: {error}"
+        report["took_s"] = round(time.monotonic() - started, 2)
+        return report
+
+
+def container_names(invocation: Invocation) -> list[str]:
+    """Client containers (named in the exec DB) and server containers (named only in the scripts)."""
+    from nemo_evaluator_launcher.common.execdb import ExecutionDB
+
+    names = {job.data.get("container") for job in ExecutionDB().get_jobs(invocation.id).values()}
+    for script in (invocation.directory.rglob("run*.sh") if invocation.directory else []):
+        names.update(re.findall(r'^\s*SERVER_CONTAINER_NAME="?([\w.-]+)"?', script.read_text(), re.M))
+    return sorted(name for name in names if name)
+
+
+def kill_containers(names: list[str], budget_s: float) -> None:
+    """`docker kill` in parallel: `docker stop` waits, and nemo-evaluator takes 30 s to stop on TERM."""
+    if not names or not shutil.which("docker"):
+        return
+    kills = [subprocess.Popen(["docker", "kill", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names]
+    deadline = time.monotonic() + budget_s
+    for kill in kills:
+        try:
+            kill.wait(max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def task_outcome(task_dir: Path) -> dict[str, Any]:
+    exit_code = read_stage_exit(task_dir)
+    results = task_dir / "artifacts" / "results.yml"
+    outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
+    if exit_code == 0 and results.exists():
+        outcome.update(status="success", metrics=read_metrics(results))
+    elif exit_code is None:
+        outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
+    else:
+        detail = "no artifacts/results.yml" if exit_code == 0 else f"exit code {exit_code}"
+        outcome.update(status="failed", reason=f"{detail}; see {task_dir / 'logs' / 'client_stdout.log'}: {log_tail(task_dir)}")
+    return outcome
+
+
+def read_stage_exit(task_dir: Path) -> int | None:
+    """The task's exit code from logs/stage.exit ('<ISO time> <code>'), None when absent."""
+    try:
+        return int((task_dir / "logs" / "stage.exit").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def log_tail(task_dir: Path, lines: int = 3) -> str:
+    try:
+        text = (task_dir / "logs" / "client_stdout.log").read_text(errors="replace")
+    except OSError:
+        return "(no client log)"
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def read_metrics(results_yml: Path) -> dict[str, float]:
+    """`{task/metric/score: value}` from results.yml's `results.tasks` and `results.groups`."""
+    import yaml
+
+    results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
+    metrics: dict[str, float] = {}
+    for kind in ("groups", "tasks"):  # tasks win where both name the same metric
+        for task, body in (results.get(kind) or {}).items():
+            for metric, scores in ((body or {}).get("metrics") or {}).items():
+                for score, value in ((scores or {}).get("scores") or {}).items():
+                    metrics[f"{task}/{metric}/{score}"] = (value or {}).get("value")
+    return metrics

@@ -1,0 +1,134 @@
+"""The on-disk record of evaluations: one directory per (run, checkpoint, config hash).
+
+    <output_dir>/<run>/<iter_0001000>/<config-hash>/
+      request.json  launcher_config.yaml  slurm.json  summary.json  submitit/  <launcher's tree>
+
+Creating the directory with `mkdir` claims the evaluation (atomic on POSIX and network file
+systems), so two passes cannot submit the same checkpoint twice and no database is needed.
+Every write goes through a temp file and `os.replace`, because other passes read while we write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+# Parent directories that name the checkpoint folder of a run rather than the run itself.
+CHECKPOINT_FOLDER_NAMES = {"checkpoints", "checkpoint", "ckpt", "ckpts"}
+NO_CHECKPOINT = "endpoint"  # the iteration folder of an evaluation of a hosted endpoint
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    """Every file name under one evaluation directory."""
+
+    root: Path
+
+    @property
+    def request(self) -> Path:
+        return self.root / "request.json"
+
+    @property
+    def launcher_config(self) -> Path:
+        return self.root / "launcher_config.yaml"
+
+    @property
+    def slurm_record(self) -> Path:
+        return self.root / "slurm.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.root / "submitit"
+
+    @property
+    def launcher_state(self) -> Path:
+        """The launcher's exec DB and logs for this evaluation (it writes them under $HOME otherwise)."""
+        return self.root / "launcher-state"
+
+    @property
+    def payload_state(self) -> Path:
+        return self.root / "payload_state.json"
+
+    def read_request(self) -> dict[str, Any]:
+        return read_json(self.request) or {}
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return read_json(self.summary)
+
+    def read_attempts(self) -> list[dict[str, Any]]:
+        """One record per submission of this evaluation, oldest first."""
+        try:
+            lines = self.slurm_record.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def record_attempt(self, record: dict[str, Any]) -> None:
+        with open(self.slurm_record, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def run_name(checkpoint: Path | None, fallback: str) -> str:
+    """The training run a checkpoint belongs to: its parent folder, or the one above `checkpoints/`."""
+    if checkpoint is None:
+        return fallback
+    parent = checkpoint.absolute().parent
+    if parent.name in CHECKPOINT_FOLDER_NAMES and parent.parent.name:
+        return parent.parent.name
+    return parent.name or fallback
+
+
+def eval_dir(output_dir: Path, run: str, checkpoint: Path | None, config_hash: str) -> Path:
+    iteration_folder = checkpoint.name if checkpoint is not None else NO_CHECKPOINT
+    return output_dir / safe_name(run) / safe_name(iteration_folder) / config_hash
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", name) or "_"
+
+
+def claim(directory: Path) -> bool:
+    """Create the evaluation directory; False when it already exists (someone claimed it)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def iter_evaluations(root: Path) -> Iterator[EvalPaths]:
+    """Every evaluation under an output dir (three levels down) or under one run's folder (two)."""
+    root = Path(root)
+    for pattern in ("*/*/*/request.json", "*/*/request.json", "*/request.json", "request.json"):
+        found = sorted(root.glob(pattern))
+        if found:
+            yield from (EvalPaths(request.parent) for request in found)
+            return
