@@ -28,8 +28,10 @@ HF_WEIGHTS = re.compile(
 )
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 ENERGON_STATE = re.compile(r"^train_dataloader_dprank\d+\.pt$")
-# yaml.safe_dump indents nested keys by two spaces; this is the only nested key we read.
-CKPT_FORMAT_LINE = re.compile(r"^  ckpt_format:\s*(.*)$")
+# yaml.safe_dump writes top-level keys at column 0 (list items there start with "-") and
+# indents nested keys by two spaces; ckpt_format is the only nested key we read.
+TOP_LEVEL_KEY = re.compile(r"^(?=[^\s#-])", re.MULTILINE)
+CKPT_FORMAT_LINE = re.compile(r"^  ckpt_format:[ \t]*(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def _check_iter_dir(path, entries, tracker, quiet_seconds, now) -> Verdict:
     iteration = _iteration(path)
     has_tokenizer = _is_dir(entries, "tokenizer")
     try:
-        config = _read_run_config(path) if "run_config.yaml" in entries else None
+        config = _read_run_config(entries["run_config.yaml"]) if "run_config.yaml" in entries else None
         problem, fmt = _completeness_problem(path, entries, config)
         if problem is not None:
             return Verdict(path, False, iteration, fmt, has_tokenizer, problem)
@@ -315,7 +317,7 @@ def _completeness_problem(path, entries, config) -> tuple[str | None, str | None
             f"{path} is incomplete: .metadata without metadata.json (the Megatron-Core finalize "
             f"did not run); {earlier}"
         ), None
-    problem = _metadata_json_problem(path / "metadata.json")
+    problem = _metadata_json_problem(entries["metadata.json"])
     if problem:
         return problem, None
     if "run_config.yaml" not in names:
@@ -342,8 +344,7 @@ def _content_problem(path, entries, shards, config: _RunConfig) -> str | None:
     empty = [name for name in shards + ["train_state.pt"] if entries[name].stat().st_size == 0]
     if empty:
         return f"{path} is truncated: zero-byte {', '.join(empty)}; {earlier}"
-    with open(path / ".metadata", "rb") as file:
-        metadata = file.read()
+    metadata = _read(entries[".metadata"])
     if not metadata:
         return f"{path} is truncated: zero-byte .metadata; {earlier}"
     present = set(shards)
@@ -357,16 +358,15 @@ def _content_problem(path, entries, shards, config: _RunConfig) -> str | None:
     return None
 
 
-def _metadata_json_problem(metadata_json: Path) -> str | None:
+def _metadata_json_problem(metadata_json: os.DirEntry) -> str | None:
     """Require metadata.json to be a JSON object with sharded_backend torch_dist."""
     try:
-        with open(metadata_json, "rb") as file:
-            backend = json.loads(file.read()).get("sharded_backend")
+        backend = json.loads(_read(metadata_json)).get("sharded_backend")
     except (ValueError, AttributeError):  # not JSON, or JSON but not an object
-        return f"{metadata_json} is not a valid JSON object (damaged or half-written); use an earlier iteration"
+        return f"{metadata_json.path} is not a valid JSON object (damaged or half-written); use an earlier iteration"
     if backend != "torch_dist":
         return (
-            f"{metadata_json} says sharded_backend {backend!r}, not 'torch_dist'; only torch_dist "
+            f"{metadata_json.path} says sharded_backend {backend!r}, not 'torch_dist'; only torch_dist "
             f"checkpoints can be served: re-save it with a current Megatron Bridge"
         )
     return None
@@ -410,27 +410,19 @@ def _warnings(path, entries, iteration, tracker, config, quiet_seconds, now) -> 
 # ---- small readers ----
 
 
-def _read_run_config(path: Path) -> _RunConfig:
-    """Read model/peft/checkpoint.ckpt_format from run_config.yaml with a line reader (no PyYAML)."""
-    with open(path / "run_config.yaml", "rb") as file:
-        lines = file.read().decode("utf-8", errors="replace").splitlines()
-    top: dict[str, str] = {}  # top-level key -> its inline value ("" when a block follows)
-    with_block: set[str] = set()
-    section, ckpt_format = None, None
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0] not in " -":  # safe_dump writes top-level keys at column 0, list items as "- "
-            section, _, value = line.partition(":")
-            top[section] = value.strip()
-            continue
-        with_block.add(section)
-        match = CKPT_FORMAT_LINE.match(line)
-        if section == "checkpoint" and match:
-            ckpt_format = match.group(1).strip().strip("'\"")
-    peft_value = top.get("peft", "")
-    peft = peft_value not in ("", "null", "~") or "peft" in with_block
-    return _RunConfig(has_model="model" in top, ckpt_format=ckpt_format, peft=peft)
+def _read_run_config(run_config: os.DirEntry) -> _RunConfig:
+    """Read model/peft/checkpoint.ckpt_format from run_config.yaml without PyYAML (stdlib only)."""
+    text = _read(run_config).decode("utf-8", errors="replace")
+    # Each chunk is one top-level key with its block: "peft: null\n" or "checkpoint:\n  ...".
+    sections = {chunk.partition(":")[0]: chunk for chunk in TOP_LEVEL_KEY.split(text) if chunk}
+    peft_inline, _, peft_block = sections.get("peft", "").partition("\n")
+    peft = peft_inline.partition(":")[2].strip() not in ("", "null", "~") or bool(peft_block.strip())
+    ckpt_format = CKPT_FORMAT_LINE.search(sections.get("checkpoint", ""))
+    return _RunConfig(
+        has_model="model" in sections,
+        ckpt_format=ckpt_format.group(1).strip().strip("'\"") if ckpt_format else None,
+        peft=peft,
+    )
 
 
 def _read_tracker(run_dir: Path) -> int | None:
@@ -440,6 +432,12 @@ def _read_tracker(run_dir: Path) -> int | None:
             return int(file.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def _read(entry: os.DirEntry) -> bytes:
+    """Read a whole (small) file; unbuffered, since we read it in one go."""
+    with open(entry.path, "rb", buffering=0) as file:
+        return file.read()
 
 
 def _scan(path: Path) -> dict[str, os.DirEntry]:

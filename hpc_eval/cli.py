@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import click
 
@@ -209,3 +212,80 @@ def validate_command(paths: tuple[str, ...], as_json: bool, quiet_seconds: float
                 click.echo(f"  warning: {warning}")
     if not all(verdict.ok for verdict in verdicts):
         sys.exit(1)
+
+
+def render(rows: list[dict], columns: list[str], fmt: str) -> str:
+    """Rows as an aligned table, CSV, JSON or Markdown: the one renderer every listing uses."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str)
+    cells = [[("" if row.get(column) is None else str(row.get(column))) for column in columns] for row in rows]
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        return buffer.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    widths = [max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in [columns] + cells]
+    return "\n".join(lines)
+
+
+def default_roots(roots: tuple[str, ...]) -> list[str]:
+    return list(roots) or ["./results"]
+
+
+STATUS_COLUMNS = ["run", "iteration", "config_hash", "job_id", "state", "attempts", "elapsed", "reason"]
+
+
+@main.command()
+@click.argument("roots", nargs=-1, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--watch", "watch_seconds", type=float, default=None, metavar="SECONDS", help="Refresh in place every SECONDS.")
+@translate_errors
+def status(roots, as_json, watch_seconds):
+    """One row per evaluation under OUTPUT_DIR (default ./results), a run folder or an evaluation.
+
+    State comes from summary.json, else squeue, else sacct: one call of each, however many jobs.
+    """
+    from hpc_eval.status import collect_status
+
+    while True:
+        rows = [row.to_dict() for row in collect_status([Path(root) for root in default_roots(roots)])]
+        text = render(rows, STATUS_COLUMNS, "json" if as_json else "table")
+        if watch_seconds is None:
+            click.echo(text)
+            return
+        click.clear()
+        click.echo(f"{time.strftime('%H:%M:%S')}  (every {watch_seconds:g}s, Ctrl-C to stop)\n{text}")
+        time.sleep(watch_seconds)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids (default ./results).")
+@click.option("--follow", "-f", is_flag=True, help="Follow the logs (tail -F) until Ctrl-C.")
+@translate_errors
+def logs(target, roots, follow):
+    """Paths of an evaluation's Slurm stdout/stderr and the launcher's per-task logs.
+
+    TARGET is an evaluation directory, a Slurm job id (123 or 123_4), or RUN:ITERATION.
+    """
+    from hpc_eval.errors import UsageError
+    from hpc_eval.status import find_evaluation, log_files
+
+    paths = find_evaluation(target, [Path(root) for root in default_roots(roots)])
+    if paths is None:
+        raise UsageError(f"no evaluation found for '{target}' under {', '.join(default_roots(roots))}; give an evaluation directory, a job id or RUN:ITERATION (and --output-dir)")
+    files = log_files(paths)
+    for kind, found in files.items():
+        for path in found:
+            click.echo(f"{kind}: {path}")
+    if follow:
+        existing = [str(path) for found in files.values() for path in found]
+        os.execvp("tail", ["tail", "-F", *existing])

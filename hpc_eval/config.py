@@ -24,6 +24,26 @@ TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
 # Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
 # submit again from inside the job.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
+# The `slurm:` section: defaults for one single-node GPU evaluation. Every key can be overridden
+# (slurm.time=...) without a `+`; any other sbatch flag goes in additional_parameters.
+SLURM_DEFAULTS: dict[str, Any] = {
+    "partition": None,
+    "account": None,
+    "qos": None,
+    "time": "02:00:00",
+    "nodes": 1,
+    "gpus_per_node": 1,
+    "cpus_per_task": 8,
+    "mem": None,
+    "constraint": None,
+    "exclusive": None,
+    "additional_parameters": {},
+    "srun_args": [],
+    "setup": [],
+    "signal_delay_s": 120,
+    "max_requeues": 3,
+    "array_parallelism": 32,
+}
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 if not BUILTIN_CONFIGS.is_dir():  # an editable install: the top-level configs/ folder
     BUILTIN_CONFIGS = Path(__file__).parent.parent / "configs"
@@ -53,7 +73,7 @@ class EvalConfig:
     def config_hash(self) -> str:
         """A short hash of what changes a score: tasks, params, target, deployment; not paths."""
         scored = {k: v for k, v in self.launcher.items() if k not in ("execution", "user_config_path")}
-        text = json.dumps({"config": scored, "task_filters": self.task_filters}, sort_keys=True)
+        text = json.dumps({"config": scored, "task_filters": self.task_filters, "dry_run": self.dry_run}, sort_keys=True)
         if self.checkpoint_path:
             text = text.replace(self.checkpoint_path, "<checkpoint>")
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -118,6 +138,16 @@ def compose(path: Path, data: dict[str, Any]) -> DictConfig:
     plain = OmegaConf.to_container(composed, resolve=False)
     plain.pop("user_config_path", None)
     return OmegaConf.create(plain)
+
+
+def with_slurm_defaults(cfg: DictConfig, source: Path) -> DictConfig:
+    """Fill the `slurm:` section with every known key, so overrides need no `+`."""
+    given = cfg.get("slurm") or {}
+    unknown = sorted(set(given) - set(SLURM_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key slurm.{unknown[0]}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)")
+    cfg.slurm = OmegaConf.merge(SLURM_DEFAULTS, given)
+    return cfg
 
 
 def key_exists(cfg: DictConfig, dotted: str) -> bool:
@@ -193,7 +223,7 @@ def load_config(
         ConfigError: the file, an override or a resolved value is wrong.
     """
     source = find_config(name_or_path)
-    cfg = compose(source, read_yaml_mapping(source))
+    cfg = with_slurm_defaults(compose(source, read_yaml_mapping(source)), source)
     for item in overrides:
         apply_override(cfg, item, source)
     if checkpoint is not None:

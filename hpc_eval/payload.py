@@ -300,7 +300,7 @@ def log_tail(task_dir: Path, lines: int = 3) -> str:
 
 
 def read_metrics(results_yml: Path) -> dict[str, float]:
-    """`{task/metric/score: value}` from results.yml's `results.tasks` and `results.groups`."""
+    """`{task/metric[/score]: value}` from results.yml's `results.tasks` and `results.groups`."""
     import yaml
 
     results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
@@ -309,5 +309,6 @@ def read_metrics(results_yml: Path) -> dict[str, float]:
         for task, body in (results.get(kind) or {}).items():
             for metric, scores in ((body or {}).get("metrics") or {}).items():
                 for score, value in ((scores or {}).get("scores") or {}).items():
-                    metrics[f"{task}/{metric}/{score}"] = (value or {}).get("value")
+                    name = f"{task}/{metric}" if score == metric else f"{task}/{metric}/{score}"
+                    metrics[name] = (value or {}).get("value")
     return metrics

@@ -24,27 +24,6 @@ from hpc_eval.config import EvalConfig, save_launcher_config
 from hpc_eval.errors import CheckpointError, ConfigError, SlurmUnavailable, SubmitError
 from hpc_eval.store import EvalPaths, claim, eval_dir, now_iso, run_name, write_json
 
-# Defaults for one single-node GPU evaluation; the `slurm:` config section overrides them.
-DEFAULT_SLURM: dict[str, Any] = {
-    "partition": None,
-    "account": None,
-    "qos": None,
-    "time": "02:00:00",
-    "nodes": 1,
-    "gpus_per_node": 1,
-    "cpus_per_task": 8,
-    "mem": None,
-    "constraint": None,
-    "exclusive": None,
-    "additional_parameters": {},
-    "srun_args": [],
-    "setup": [],
-    "signal_delay_s": 120,
-    "max_requeues": 3,
-    "array_parallelism": 32,
-}
-
-
 @dataclass
 class PlannedEvaluation:
     """One checkpoint (or endpoint) to evaluate: where, and whether it will be submitted."""
@@ -79,10 +58,7 @@ class SubmittedJob:
 
 def slurm_settings(config: EvalConfig, cli_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `slurm:` section over the defaults, with the command line's shorthands on top."""
-    unknown = sorted(set(config.slurm) - set(DEFAULT_SLURM))
-    if unknown:
-        raise ConfigError(f"{config.source}: unknown key slurm.{unknown[0]}; allowed slurm keys are {sorted(DEFAULT_SLURM)} (any other sbatch flag goes in slurm.additional_parameters)")
-    settings = {**DEFAULT_SLURM, **config.slurm}
+    settings = dict(config.slurm)
     settings.update({key: value for key, value in (cli_overrides or {}).items() if value is not None})
     settings["time_min"] = time_minutes(settings["time"], config.source)
     # USR2 must come before the time limit, or a requeued job dies of it before it starts

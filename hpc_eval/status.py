@@ -1,0 +1,166 @@
+"""Reconcile evaluation records with Slurm: one row per evaluation.
+
+The state of an evaluation comes from its summary.json when the payload wrote a final one for
+the latest attempt, else from `squeue` for live jobs, else from `sacct`, else "UNKNOWN". However
+many evaluations there are, a call makes at most one `squeue` and one `sacct` call.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from hpc_eval.store import EvalPaths, iter_evaluations
+
+FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+# Ended by the cluster, not by the evaluation or a user: worth submitting again.
+RETRYABLE_STATES = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT"}
+UNSUBMITTED = "UNSUBMITTED"  # claimed, but no sbatch recorded (the pass may have died in between)
+
+
+@dataclass
+class EvaluationStatus:
+    """One row of `hpc-eval status`."""
+
+    eval_dir: str
+    run: str
+    iteration: int | None
+    config_hash: str
+    job_id: str | None
+    state: str
+    attempts: int
+    elapsed: str
+    reason: str
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SlurmJobState:
+    state: str
+    elapsed: str = ""
+    reason: str = ""
+
+
+def collect_status(roots: Iterable[Path]) -> list[EvaluationStatus]:
+    """Every evaluation under the given output dirs (or run dirs, or evaluation dirs), reconciled."""
+    evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
+    return reconcile(evaluations)
+
+
+def reconcile(evaluations: list[EvalPaths]) -> list[EvaluationStatus]:
+    records = [(paths, paths.read_request(), paths.read_attempts(), paths.read_summary()) for paths in evaluations]
+    pending_ids = [attempts[-1]["slurm_job_id"] for _, _, attempts, summary in records
+                   if attempts and not summary_is_final(summary, attempts[-1])]
+    live = query_squeue(pending_ids)
+    ended = query_sacct([job for job in pending_ids if job not in live])
+    rows = [row_for(paths, request, attempts, summary, live, ended) for paths, request, attempts, summary in records]
+    rows.sort(key=lambda row: (row.run, row.iteration if row.iteration is not None else -1, row.config_hash))
+    return rows
+
+
+def summary_is_final(summary: dict | None, attempt: dict) -> bool:
+    return bool(summary) and summary.get("state") in FINAL_SUMMARY_STATES and summary.get("slurm_job_id") == attempt["slurm_job_id"]
+
+
+def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict | None,
+            live: dict[str, SlurmJobState], ended: dict[str, SlurmJobState]) -> EvaluationStatus:
+    job_id = attempts[-1]["slurm_job_id"] if attempts else None
+    reason, elapsed = "", ""
+    if not attempts:
+        state = UNSUBMITTED
+    elif summary_is_final(summary, attempts[-1]):
+        state, reason = summary["state"], summary.get("reason", "")
+        elapsed = format_seconds(summary.get("duration_s"))
+    elif job_id in live:
+        state, elapsed, reason = live[job_id].state, live[job_id].elapsed, live[job_id].reason
+    elif job_id in ended:
+        state, elapsed, reason = ended[job_id].state, ended[job_id].elapsed, ended[job_id].reason
+        if summary and summary.get("slurm_job_id") == job_id and summary.get("reason"):
+            reason = summary["reason"]
+    else:
+        state = "UNKNOWN"
+    return EvaluationStatus(
+        eval_dir=str(paths.root), run=request.get("run", paths.root.parent.parent.name),
+        iteration=request.get("iteration"), config_hash=request.get("config_hash", paths.root.name),
+        job_id=job_id, state=state, attempts=len(attempts), elapsed=elapsed, reason=reason,
+        created_at=request.get("created_at", ""),
+    )
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return time.strftime("%H:%M:%S", time.gmtime(int(seconds)))
+
+
+def base_job_ids(job_ids: Iterable[str]) -> list[str]:
+    """Slurm accepts an array's id for all its tasks: `123_4` is asked for as `123`."""
+    return sorted({job.split("_")[0] for job in job_ids})
+
+
+def query_squeue(job_ids: list[str]) -> dict[str, SlurmJobState]:
+    """Live jobs among `job_ids` (array tasks one per line), in one squeue call."""
+    if not job_ids:
+        return {}
+    output = run_quietly(["squeue", "-h", "-r", "-o", "%i|%T|%M|%r", "-j", ",".join(base_job_ids(job_ids))])
+    states = {}
+    for line in output.splitlines():
+        job, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
+        states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip())
+    return {job: states[job] for job in job_ids if job in states}
+
+
+def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState]:
+    """Final (or last known) states of `job_ids` from accounting, in one sacct call."""
+    if not job_ids:
+        return {}
+    output = run_quietly(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed", "-j", ",".join(base_job_ids(job_ids))])
+    states = {}
+    for line in output.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4:
+            continue
+        job, state, exit_code, elapsed = parts[:4]
+        word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        reason = state if word != state else (f"exit code {exit_code}" if word == "FAILED" else "")
+        states[job] = SlurmJobState(word.rstrip("+"), elapsed, reason)
+    return {job: states[job] for job in job_ids if job in states}
+
+
+def run_quietly(command: list[str]) -> str:
+    """A Slurm query's stdout; empty when Slurm cannot answer (status then says UNKNOWN)."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
+    """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`."""
+    path = Path(target)
+    if (path / "request.json").exists():
+        return EvalPaths(path)
+    evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
+    for paths in evaluations:
+        if any(attempt["slurm_job_id"] == target for attempt in paths.read_attempts()):
+            return paths
+    run, _, step = target.partition(":")
+    step = step.removeprefix("iter_")
+    matches = [paths for paths in evaluations if paths.read_request().get("run") == run and
+               (str(paths.read_request().get("iteration")) == step.lstrip("0") or paths.root.parent.name == step)]
+    return matches[-1] if matches else None
+
+
+def log_files(paths: EvalPaths) -> dict[str, list[Path]]:
+    """The Slurm stdout/stderr of the latest attempt and the launcher's per-task logs."""
+    attempts = paths.read_attempts()
+    slurm_logs = [Path(attempts[-1][key]) for key in ("stdout", "stderr")] if attempts else []
+    task_logs = sorted(paths.root.glob("[0-9]*_[0-9]*-*/*/logs/*.log"))  # <YYYYmmdd_HHMMSS>-<invocation>/
+    return {"slurm": slurm_logs, "tasks": task_logs}
