@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hpc_eval.errors import CheckpointError
@@ -28,10 +28,14 @@ HF_WEIGHTS = re.compile(
 )
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 ENERGON_STATE = re.compile(r"^train_dataloader_dprank\d+\.pt$")
-# yaml.safe_dump writes top-level keys at column 0 (list items there start with "-") and
-# indents nested keys by two spaces; ckpt_format is the only nested key we read.
-TOP_LEVEL_KEY = re.compile(r"^(?=[^\s#-])", re.MULTILINE)
-CKPT_FORMAT_LINE = re.compile(r"^  ckpt_format:[ \t]*(.*)$", re.MULTILINE)
+# run_config.yaml comes from yaml.safe_dump: top-level keys at column 0, nested keys indented by
+# two spaces, block lines under a key start with a space or "- ". These patterns read just the
+# facts we need without PyYAML.
+MODEL_KEY = re.compile(rb"^model:", re.MULTILINE)
+PEFT_KEY = re.compile(rb"^peft:[ \t]*(.*)\n?([ -])?", re.MULTILINE)  # inline value; block follows?
+CKPT_FORMAT_KEY = re.compile(rb"^checkpoint:\n(?:[ -].*\n)*?  ckpt_format:[ \t]*(.*)", re.MULTILINE)
+
+Entries = dict[str, os.DirEntry]  # one directory's listing by name, from a single os.scandir
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,7 @@ class Verdict:
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict of the verdict."""
-        return {
-            "path": str(self.path),
-            "ok": self.ok,
-            "iteration": self.iteration,
-            "format": self.format,
-            "has_tokenizer": self.has_tokenizer,
-            "reason": self.reason,
-            "warnings": list(self.warnings),
-        }
+        return {**asdict(self), "path": str(self.path), "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ def latest(run_dir: str | os.PathLike) -> Verdict | None:
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """Say whether `path` looks like a training run's checkpoint root (iter_* children or trackers)."""
+    """Say whether `path` looks like a training run's checkpoint root (iter_* dirs or trackers)."""
     try:
         return _looks_like_run_dir(_scan(Path(path)))
     except OSError:
@@ -137,7 +133,16 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 # ---- discovery ----
 
 
-def _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds, now) -> Discovery:
+def _discover(
+    run_dir: Path,
+    entries: Entries,
+    select: str,
+    every: int | None,
+    from_step: int | None,
+    to_step: int | None,
+    quiet_seconds: float,
+    now: float | None,
+) -> Discovery:
     """Filter the scanned children by name and step range first, then validate the candidates."""
     candidates = []
     for name, entry in entries.items():
@@ -155,7 +160,7 @@ def _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds
     else:
         candidates.sort(key=lambda candidate: candidate[0])
     valid, invalid = [], []
-    for step, entry in candidates:
+    for _, entry in candidates:
         verdict = _check_child(run_dir / entry.name, tracker, quiet_seconds, now)
         (valid if verdict.ok else invalid).append(verdict)
         if valid and select == "latest":
@@ -164,7 +169,9 @@ def _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds
     return Discovery(run_dir, valid, invalid)
 
 
-def _check_child(path: Path, tracker: int | None, quiet_seconds: float, now: float | None) -> Verdict:
+def _check_child(
+    path: Path, tracker: int | None, quiet_seconds: float, now: float | None
+) -> Verdict:
     """Validate one iter_* directory found by discovery (one scan, no lookalike checks)."""
     try:
         entries = _scan(path)
@@ -181,68 +188,63 @@ def _with_latest_hint(verdict: Verdict) -> Verdict:
         return verdict
     if best is None:
         return verdict
-    return replace(verdict, reason=f"{verdict.reason} (latest complete checkpoint of this run: {best.path})")
+    hint = f" (latest complete checkpoint of this run: {best.path})"
+    return replace(verdict, reason=verdict.reason + hint)
 
 
 # ---- lookalikes: directories that are something else than one iter_* checkpoint ----
 
 
-def _lookalike(path: Path, entries: dict[str, os.DirEntry]) -> Verdict | None:
+def _lookalike(path: Path, entries: Entries) -> Verdict | None:
     """Reject a Hugging Face, PEFT, NeMo 2, run or dataloader directory, saying what it is."""
     names = entries.keys()
     is_hf = "config.json" in names and any(HF_WEIGHTS.match(name) for name in names)
     is_peft = "adapter_config.json" in names and any(name in names for name in PEFT_WEIGHTS)
+    hf_format = "hf" if is_hf else "hf_peft"
     if (is_hf or is_peft) and ITER_NAME.match(path.parent.name):
-        return _not_megatron(
-            path, "hf",
+        reason = (
             f"{path} is the Hugging Face export saved inside {path.parent.name} "
             f"(also_save_hf_checkpoint), not the Megatron checkpoint; pass {path.parent} for "
-            f"Megatron serving, or serve {path} with an HF deployment (vLLM/SGLang)",
+            f"Megatron serving, or serve {path} with an HF deployment (vLLM/SGLang)"
         )
-    if is_hf:
-        return _not_megatron(
-            path, "hf",
-            f"{path} is a Hugging Face checkpoint, not a Megatron Bridge iter_* checkpoint; serve it "
-            f"with an HF deployment (vLLM/SGLang), or import it with AutoBridge.import_ckpt, "
-            f"which writes <dir>/iter_0000000",
+    elif is_hf:
+        reason = (
+            f"{path} is a Hugging Face checkpoint, not a Megatron Bridge iter_* checkpoint; serve "
+            f"it with an HF deployment (vLLM/SGLang), or import it with AutoBridge.import_ckpt, "
+            f"which writes <dir>/iter_0000000"
         )
-    if is_peft:
-        return _not_megatron(
-            path, "hf_peft",
+    elif is_peft:
+        reason = (
             f"{path} is a Hugging Face PEFT adapter, not a Megatron Bridge checkpoint; serve it on "
-            f"its base model with an HF deployment that loads adapters (e.g. vLLM --lora-modules)",
+            f"its base model with an HF deployment that loads adapters (e.g. vLLM --lora-modules)"
         )
+    if is_hf or is_peft:
+        return Verdict(path, ok=False, format=hf_format, reason=reason)
     if _is_dir(entries, "context") and _is_dir(entries, "weights"):
-        return _not_megatron(
-            path, "nemo2",
+        reason = (
             f"{path} is a NeMo 2 checkpoint (context/ + weights/), not Megatron Bridge; export it "
-            f"to Hugging Face and serve or import that, or use a NeMo 2 deployment",
+            f"to Hugging Face and serve or import that, or use a NeMo 2 deployment"
         )
+        return Verdict(path, ok=False, format="nemo2", reason=reason)
     if _looks_like_run_dir(entries):
         return Verdict(path, ok=False, reason=_run_dir_reason(path, entries))
     under_energon = path.parent.name == "energon" and ITER_NAME.match(path.name) is not None
     if under_energon or (names and all(ENERGON_STATE.match(name) for name in names)):
         model_dir = path.parent.parent / path.name
         fix = f"pass {model_dir} instead" if under_energon else "pass the model's iter_* directory"
-        return _not_megatron(
-            path, None, f"{path} holds Megatron-Energon dataloader state, not model weights; {fix}"
-        )
+        reason = f"{path} holds Megatron-Energon dataloader state, not model weights; {fix}"
+        return Verdict(path, ok=False, reason=reason)
     return None
 
 
-def _not_megatron(path: Path, fmt: str | None, reason: str) -> Verdict:
-    """A rejection for a directory that is another kind of checkpoint."""
-    return Verdict(path, ok=False, format=fmt, reason=reason)
-
-
-def _looks_like_run_dir(entries: dict[str, os.DirEntry]) -> bool:
+def _looks_like_run_dir(entries: Entries) -> bool:
     """True when the directory has trackers or iter_* subdirectories."""
     if TRACKER_TXT in entries or TRACKER_PT in entries:
         return True
     return any(ITER_NAME.match(name) and entry.is_dir() for name, entry in entries.items())
 
 
-def _run_dir_reason(path: Path, entries: dict[str, os.DirEntry]) -> str:
+def _run_dir_reason(path: Path, entries: Entries) -> str:
     """Explain that `path` is a run directory and name the iteration directory to pass instead."""
     found = _discover(path, entries, "latest", None, None, None, 0.0, None)
     prefix = f"{path} is a training run's checkpoint directory, not one checkpoint"
@@ -258,7 +260,7 @@ def _run_dir_reason(path: Path, entries: dict[str, os.DirEntry]) -> str:
     elif tracker is None:
         how = f"highest complete iteration; no {TRACKER_TXT}"
     else:
-        how = f"highest complete iteration; the tracker names iter_{tracker:07d}, which is not usable"
+        how = f"highest complete iteration; the tracker's iter_{tracker:07d} is not usable"
     return (
         f"{prefix}; pass an iteration directory such as {best.path} ({how}), "
         f"or give the directory to --all/--latest"
@@ -268,12 +270,15 @@ def _run_dir_reason(path: Path, entries: dict[str, os.DirEntry]) -> str:
 # ---- one iter_* directory ----
 
 
-def _check_iter_dir(path, entries, tracker, quiet_seconds, now) -> Verdict:
+def _check_iter_dir(
+    path: Path, entries: Entries, tracker: int | None, quiet_seconds: float, now: float | None
+) -> Verdict:
     """Validate the files of one iteration directory; an unreadable file is a rejection too."""
     iteration = _iteration(path)
     has_tokenizer = _is_dir(entries, "tokenizer")
     try:
-        config = _read_run_config(entries["run_config.yaml"]) if "run_config.yaml" in entries else None
+        run_config = entries.get("run_config.yaml")
+        config = _read_run_config(run_config) if run_config else None
         problem, fmt = _completeness_problem(path, entries, config)
         if problem is not None:
             return Verdict(path, False, iteration, fmt, has_tokenizer, problem)
@@ -284,14 +289,16 @@ def _check_iter_dir(path, entries, tracker, quiet_seconds, now) -> Verdict:
     return Verdict(path, True, iteration, "torch_dist", has_tokenizer, None, warnings)
 
 
-def _completeness_problem(path, entries, config) -> tuple[str | None, str | None]:
+def _completeness_problem(
+    path: Path, entries: Entries, config: _RunConfig | None
+) -> tuple[str | None, str | None]:
     """Return (reason, format) for the first missing or broken piece, in the save's write order."""
     names = entries.keys()
     shards = sorted(name for name in names if name.endswith(".distcp"))
     earlier = "wait for the save to finish or use an earlier iteration"
     tmp = sorted(name for name in names if name.endswith(".tmp"))
     if tmp:
-        return f"{path} is still being saved or the save crashed: {tmp[0]} is present; {earlier}", None
+        return f"{path} is being saved or the save crashed: {tmp[0]} is present; {earlier}", None
     if not shards and ".metadata" not in names:
         if names & {"metadata.json", "train_state.pt", "run_config.yaml"}:
             return f"{path} has no weights: no *.distcp shards and no .metadata; {earlier}", None
@@ -334,7 +341,9 @@ def _completeness_problem(path, entries, config) -> tuple[str | None, str | None
     return _content_problem(path, entries, shards, config), None
 
 
-def _content_problem(path, entries, shards, config: _RunConfig) -> str | None:
+def _content_problem(
+    path: Path, entries: Entries, shards: list[str], config: _RunConfig
+) -> str | None:
     """Check sizes and cross-references of a checkpoint whose files are all present."""
     earlier = "use an earlier iteration"
     if "train_state.pt" not in entries:
@@ -350,7 +359,8 @@ def _content_problem(path, entries, shards, config: _RunConfig) -> str | None:
     present = set(shards)
     # Strip a leading byte that may be a pickle length prefix that happens to look like a word char.
     missing = sorted(
-        name for name in {match.decode() for match in SHARD_REFERENCE.findall(metadata)}
+        name
+        for name in {match.decode() for match in SHARD_REFERENCE.findall(metadata)}
         if name not in present and name[1:] not in present
     )
     if missing:
@@ -363,22 +373,32 @@ def _metadata_json_problem(metadata_json: os.DirEntry) -> str | None:
     try:
         backend = json.loads(_read(metadata_json)).get("sharded_backend")
     except (ValueError, AttributeError):  # not JSON, or JSON but not an object
-        return f"{metadata_json.path} is not a valid JSON object (damaged or half-written); use an earlier iteration"
+        return f"{metadata_json.path} is not a JSON object (damaged); use an earlier iteration"
     if backend != "torch_dist":
         return (
-            f"{metadata_json.path} says sharded_backend {backend!r}, not 'torch_dist'; only torch_dist "
-            f"checkpoints can be served: re-save it with a current Megatron Bridge"
+            f"{metadata_json.path} says sharded_backend {backend!r}, not 'torch_dist'; only "
+            f"torch_dist checkpoints can be served: re-save it with a current Megatron Bridge"
         )
     return None
 
 
-def _warnings(path, entries, iteration, tracker, config, quiet_seconds, now) -> tuple[str, ...]:
+def _warnings(
+    path: Path,
+    entries: Entries,
+    iteration: int | None,
+    tracker: int | None,
+    config: _RunConfig,
+    quiet_seconds: float,
+    now: float | None,
+) -> tuple[str, ...]:
     """Things that do not make the checkpoint unusable but that the user should know."""
     warnings = []
     if iteration is None:
         warnings.append(f"{path.name} is not named iter_NNNNNNN: the iteration is unknown")
     elif len(ITER_NAME.match(path.name).group(1)) < 7:
-        warnings.append(f"{path.name} is not zero-padded; Megatron tools look for iter_{iteration:07d}")
+        warnings.append(
+            f"{path.name} is not zero-padded; Megatron tools look for iter_{iteration:07d}"
+        )
     if not _is_dir(entries, "tokenizer"):
         warnings.append(
             "no tokenizer/ directory: serving uses the tokenizer named in run_config.yaml, which "
@@ -397,7 +417,9 @@ def _warnings(path, entries, iteration, tracker, config, quiet_seconds, now) -> 
             f"{tracker}): the save may not be finalized, or this is a stale directory"
         )
     if quiet_seconds > 0:
-        newest = max([os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()])
+        newest = max(
+            [os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()]
+        )
         age = (time.time() if now is None else now) - newest
         if age < quiet_seconds:
             warnings.append(
@@ -412,21 +434,22 @@ def _warnings(path, entries, iteration, tracker, config, quiet_seconds, now) -> 
 
 def _read_run_config(run_config: os.DirEntry) -> _RunConfig:
     """Read model/peft/checkpoint.ckpt_format from run_config.yaml without PyYAML (stdlib only)."""
-    text = _read(run_config).decode("utf-8", errors="replace")
-    # Each chunk is one top-level key with its block: "peft: null\n" or "checkpoint:\n  ...".
-    sections = {chunk.partition(":")[0]: chunk for chunk in TOP_LEVEL_KEY.split(text) if chunk}
-    peft_inline, _, peft_block = sections.get("peft", "").partition("\n")
-    peft = peft_inline.partition(":")[2].strip() not in ("", "null", "~") or bool(peft_block.strip())
-    ckpt_format = CKPT_FORMAT_LINE.search(sections.get("checkpoint", ""))
+    text = _read(run_config)
+    peft = PEFT_KEY.search(text)
+    ckpt_format = CKPT_FORMAT_KEY.search(text)
     return _RunConfig(
-        has_model="model" in sections,
-        ckpt_format=ckpt_format.group(1).strip().strip("'\"") if ckpt_format else None,
-        peft=peft,
+        has_model=MODEL_KEY.search(text) is not None,
+        ckpt_format=(
+            ckpt_format.group(1).strip(b" '\"").decode(errors="replace") if ckpt_format else None
+        ),
+        # peft: null / ~ means none; any other inline value or an indented block is an adapter.
+        peft=peft is not None
+        and (peft.group(1).strip() not in (b"", b"null", b"~") or bool(peft.group(2))),
     )
 
 
 def _read_tracker(run_dir: Path) -> int | None:
-    """Return the step in latest_checkpointed_iteration.txt, or None (absent, 'release', unreadable)."""
+    """Return the step in latest_checkpointed_iteration.txt; None if absent, 'release' or bad."""
     try:
         with open(run_dir / TRACKER_TXT, "rb") as file:
             return int(file.read().strip())
@@ -451,9 +474,11 @@ def _scan_error(path: Path, error: OSError) -> str:
     if isinstance(error, FileNotFoundError):
         return f"{path} does not exist (or vanished while being checked); check the path"
     if isinstance(error, NotADirectoryError):
-        return f"{path} is a file, not a directory; pass the iter_NNNNNNN directory of the checkpoint"
+        return f"{path} is a file, not a directory; pass the checkpoint's iter_NNNNNNN directory"
     if isinstance(error, PermissionError):
-        return f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
+        return (
+            f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
+        )
     return f"cannot read {path}: {error.strerror or error}"
 
 
@@ -463,7 +488,7 @@ def _iteration(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _is_dir(entries: dict[str, os.DirEntry], name: str) -> bool:
+def _is_dir(entries: Entries, name: str) -> bool:
     """True when `name` is among the scanned entries and is a directory."""
     entry = entries.get(name)
     return entry is not None and entry.is_dir()

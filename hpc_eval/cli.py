@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -289,3 +290,93 @@ def logs(target, roots, follow):
     if follow:
         existing = [str(path) for found in files.values() for path in found]
         os.execvp("tail", ["tail", "-F", *existing])
+
+
+def split_dirs_and_overrides(arguments: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """`watch DIR... key=value...`: an argument with `=` (or a leading ~) is an override."""
+    overrides = [arg for arg in arguments if "=" in arg or arg.startswith("~")]
+    return [arg for arg in arguments if arg not in overrides], overrides
+
+
+@main.command()
+@click.argument("arguments", nargs=-1, required=True, metavar="RUN_DIR... [KEY=VALUE...]")
+@click.option("-c", "--config", "config_name", default="default", show_default=True, help="A built-in config name or a YAML path.")
+@click.option("-t", "--task", "tasks", multiple=True, help="Run only this task; repeatable.")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Root of all evaluation directories.")
+@slurm_options
+@click.option("--max-submit", type=int, help="Submit at most K checkpoints per pass (newest first).")
+@click.option("--max-attempts", type=int, default=3, show_default=True, help="Submissions per evaluation, retries included.")
+@click.option("--retry-failed", is_flag=True, help="Also retry evaluations that FAILED or were CANCELLED.")
+@click.option("--quiet-seconds", type=float, default=60.0, show_default=True, help="Skip checkpoints with a file changed this recently (a save may be running).")
+@click.option("--oldest-first", is_flag=True, help="Submit the oldest new checkpoints first.")
+@click.option("--stop-file", type=click.Path(dir_okay=False), help="Exit at once without submitting while this file exists (default OUTPUT_DIR/STOP).")
+@click.option("--loop", is_flag=True, help="Run a pass every --interval seconds instead of once (for tmux; cron needs no loop).")
+@click.option("--interval", type=float, default=300.0, show_default=True, help="Seconds between passes with --loop.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per pass.")
+@translate_errors
+def watch(arguments, config_name, tasks, output_dir, partition, account, time_limit, gpus, parallel,
+          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, as_json):
+    """One pass: submit each new complete checkpoint of the runs once, as one array.
+
+    \b
+    Exit codes: 0 nothing to do or all submitted; 1 a submission failed; 2 usage or config
+    error; 75 another pass is still running.
+    """
+    from hpc_eval import config as config_lib
+    from hpc_eval import submit as submit_lib
+    from hpc_eval import watch as watch_lib
+    from hpc_eval.errors import UsageError
+
+    run_dirs, overrides = split_dirs_and_overrides(arguments)
+    missing = [path for path in run_dirs if not Path(path).is_dir()]
+    if missing or not run_dirs:
+        raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")
+    base = config_lib.load_config(config_name, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir)
+    settings = submit_lib.slurm_settings(base, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
+    options = watch_lib.WatchOptions(max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None)
+    while True:
+        result = watch_lib.watch_pass([Path(path) for path in run_dirs], base.for_checkpoint, settings, options)
+        print_pass(result, as_json)
+        if not loop or result.stopped:
+            break
+        time.sleep(interval)
+    sys.exit(result.exit_code)
+
+
+def print_pass(result, as_json: bool) -> None:
+    if as_json:
+        emit_json({"actions": [vars(action) for action in result.actions], "jobs": result.jobs, "stopped": result.stopped,
+                   "already_running": result.already_running, "submit_error": result.submit_error, "exit_code": result.exit_code})
+        return
+    for action in result.actions:
+        click.echo(f"{action.action:<11} {action.run} {action.iteration}  {action.eval_dir}  {action.detail}".rstrip())
+    if result.stopped:
+        click.echo(f"stopped: {result.stopped}")
+    elif result.already_running:
+        click.echo("another pass is running for these directories; nothing done")
+    else:
+        counts = ", ".join(f"{result.count(name)} {name}" for name in ("submitted", "resubmitted", "waiting", "skipped", "failed"))
+        click.echo(f"pass: {counts}" + (f"; error: {result.submit_error}" if result.submit_error else ""))
+
+
+@main.command()
+@click.argument("watch_args", nargs=-1, required=True)
+@click.option("--every", "minutes", type=int, default=15, show_default=True, help="Minutes between passes.")
+@click.option("--partition", default="cpu", show_default=True, help="Partition for the scrontab job (a CPU one).")
+@click.option("--time", "time_limit", default="00:10:00", show_default=True, help="Time limit of each scrontab run.")
+@click.option("--log", type=click.Path(dir_okay=False), default="hpc-eval-watch.log", show_default=True, help="Where passes append their output.")
+def cron(watch_args, minutes, partition, time_limit, log):
+    """Print a crontab line and a scrontab file that run `hpc-eval watch WATCH_ARGS...`; installs nothing.
+
+    \b
+    Example:
+      hpc-eval cron --every 10 -- /runs/a/checkpoints -c my.yaml --output-dir /evals
+    """
+    from hpc_eval.watch import render_cron
+
+    executable = shutil.which("hpc-eval") or os.path.abspath(sys.argv[0])
+    output_dir = next((watch_args[i + 1] for i, arg in enumerate(watch_args[:-1]) if arg == "--output-dir"), "./results")
+    texts = render_cron(list(watch_args), executable=executable, cwd=Path.cwd(), path_env=os.environ.get("PATH", ""),
+                        minutes=minutes, partition=partition, time_limit=time_limit, log=Path(log).absolute(),
+                        stop_file=Path(output_dir).absolute() / "STOP")
+    click.echo("# ---- crontab ----\n" + texts["crontab"] + "\n# ---- scrontab ----\n" + texts["scrontab"], nl=False)

@@ -137,7 +137,19 @@ def compose(path: Path, data: dict[str, Any]) -> DictConfig:
         raise ConfigError(f"{path}: cannot compose its defaults list: {error}") from None
     plain = OmegaConf.to_container(composed, resolve=False)
     plain.pop("user_config_path", None)
-    return OmegaConf.create(plain)
+    cfg = OmegaConf.create(plain)
+    restore_missing(cfg, {key: value for key, value in data.items() if key != "defaults"})
+    return cfg
+
+
+def restore_missing(cfg: DictConfig, data: dict[str, Any], prefix: str = "") -> None:
+    """Put back the file's own `???`: a merge keeps a group's value (e.g. `checkpoint_path: null`) over `???`."""
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, str) and value == "???":
+            OmegaConf.update(cfg, dotted, "???", merge=False, force_add=True)
+        elif isinstance(value, dict):
+            restore_missing(cfg, value, dotted + ".")
 
 
 def with_slurm_defaults(cfg: DictConfig, source: Path) -> DictConfig:
@@ -176,6 +188,8 @@ def apply_override(cfg: DictConfig, item: str, source: Path) -> None:
         raise ConfigError(f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5")
     adding = item.startswith("+")
     key, _, _ = item.lstrip("+").partition("=")
+    if key.startswith("slurm.") and key.split(".")[1] not in SLURM_DEFAULTS:  # `+` would be silently ignored
+        raise ConfigError(f"override '{item}': unknown key {key}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)")
     if not adding and not key_exists(cfg, key):
         raise ConfigError(f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key")
     try:
@@ -248,7 +262,7 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     if task_filters is not None and not isinstance(task_filters, list):
         raise ConfigError(f"{source}: task_filters must be a list such as [name, name.0], not {task_filters!r}")
     output_dir = Path(tool.get("output_dir") or "./results").expanduser().absolute()
-    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, tool.get("slurm") or {}, cfg)
+    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, {**SLURM_DEFAULTS, **(tool.get("slurm") or {})}, cfg)
     check_launcher_shape(config)
     return config
 
@@ -309,12 +323,19 @@ def preflight(config: EvalConfig) -> None:
         try:
             get_task_from_mapping(task["name"], mapping)
         except ValueError as error:
-            raise ConfigError(f"{config.source}: evaluation.tasks.{index}.name: {one_line(error)}") from None
+            hint = "" if any(key[1] == task["name"] for key in mapping) else unknown_task_hint(task["name"], mapping)
+            raise ConfigError(f"{config.source}: evaluation.tasks.{index}.name: {one_line(error)}{hint}") from None
     if config.task_filters:
         try:
             filter_tasks(OmegaConf.create(config.launcher), config.task_filters)
         except ValueError as error:
             raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
+
+
+def unknown_task_hint(name: str, mapping: dict) -> str:
+    names = sorted({task for _, task in mapping} | {f"{harness}.{task}" for harness, task in mapping})
+    close = difflib.get_close_matches(name, names, n=3)
+    return (f" (did you mean {', '.join(close)}?)" if close else "") + "; use a task name from `nel ls tasks` (or harness.task)"
 
 
 def one_line(error: Exception) -> str:

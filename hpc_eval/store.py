@@ -78,18 +78,26 @@ class EvalPaths:
 
 
 def run_name(checkpoint: Path | None, fallback: str) -> str:
-    """The training run a checkpoint belongs to: its parent folder, or the one above `checkpoints/`."""
-    if checkpoint is None:
-        return fallback
-    parent = checkpoint.absolute().parent
-    if parent.name in CHECKPOINT_FOLDER_NAMES and parent.parent.name:
-        return parent.parent.name
-    return parent.name or fallback
+    """The training run a checkpoint belongs to (see `run_of`); `fallback` without a checkpoint."""
+    return fallback if checkpoint is None else run_of(checkpoint.absolute().parent, fallback)
+
+
+def run_of(run_dir: Path, fallback: str) -> str:
+    """A run's name: its checkpoint folder's name, or the folder above when that is `checkpoints/`."""
+    run_dir = run_dir.absolute()
+    if run_dir.name in CHECKPOINT_FOLDER_NAMES and run_dir.parent.name:
+        return run_dir.parent.name
+    return run_dir.name or fallback
 
 
 def eval_dir(output_dir: Path, run: str, checkpoint: Path | None, config_hash: str) -> Path:
     iteration_folder = checkpoint.name if checkpoint is not None else NO_CHECKPOINT
     return output_dir / safe_name(run) / safe_name(iteration_folder) / config_hash
+
+
+def completed_index(output_dir: Path, run: str, config_hash: str) -> Path:
+    """One empty file per checkpoint of `run` evaluated to completion with `config_hash`."""
+    return output_dir / safe_name(run) / f".completed-{config_hash}"
 
 
 def safe_name(name: str) -> str:

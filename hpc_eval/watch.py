@@ -1,0 +1,238 @@
+"""One cron pass: scan training runs, claim each new complete checkpoint once, submit one array.
+
+Safe to run every few minutes forever, from crontab or scrontab, on several login nodes:
+  * the evaluation directory, created with mkdir, is the claim: two passes never submit the same
+    checkpoint twice; a retry claims `.attempt-<k>` inside it the same way;
+  * a per-run `.completed-<hash>/` folder lists the checkpoints already evaluated, so a pass costs
+    one directory scan per run plus work for the new and unfinished checkpoints only;
+  * evaluations the cluster ended (TIMEOUT, PREEMPTED, NODE_FAIL, BOOT_FAIL) are submitted again
+    up to `max_attempts`; FAILED and CANCELLED only with `retry_failed`;
+  * a claim whose sbatch never happened (the pass died in between) is submitted again once it is
+    older than STALE_CLAIM_S.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc_eval import checkpoint as ckpt
+from hpc_eval.config import EvalConfig, preflight
+from hpc_eval.errors import HpcEvalError
+from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
+from hpc_eval.store import EvalPaths, completed_index, eval_dir, run_of
+from hpc_eval.submit import PlannedEvaluation, prepare, submit
+
+STALE_CLAIM_S = 300  # a pass takes seconds between mkdir and sbatch; five minutes means it died
+EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
+
+
+@dataclass
+class WatchOptions:
+    max_submit: int | None = None
+    max_attempts: int = 3
+    retry_failed: bool = False
+    quiet_seconds: float = 60.0
+    oldest_first: bool = False
+    stop_file: Path | None = None
+
+
+@dataclass
+class Action:
+    """One checkpoint the pass acted on (or left), for the one-line-per-checkpoint output."""
+
+    run: str
+    iteration: int | None
+    eval_dir: str
+    action: str  # submitted, resubmitted, skipped, waiting, failed
+    detail: str = ""
+
+
+@dataclass
+class PassResult:
+    actions: list[Action] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = ""
+    already_running: bool = False
+    submit_error: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.already_running:
+            return EXIT_PASS_RUNNING
+        return 1 if self.submit_error else 0
+
+    def count(self, action: str) -> int:
+        return sum(1 for item in self.actions if item.action == action)
+
+
+@dataclass
+class Candidate:
+    paths: EvalPaths
+    run: str
+    checkpoint: Path
+    iteration: int
+    retry: bool = False
+    detail: str = ""
+
+
+def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], settings: dict[str, Any], options: WatchOptions) -> PassResult:
+    """One pass over `run_dirs`; `config_for(checkpoint)` gives the config resolved for a checkpoint."""
+    stop_file = options.stop_file or config_for(run_dirs[0]).output_dir / "STOP"
+    if stop_file.exists():
+        return PassResult(stopped=f"stop file {stop_file} exists: remove it to resume watching")
+    config = config_for(run_dirs[0])
+    with pass_lock(config.output_dir, run_dirs) as locked:
+        if not locked:
+            return PassResult(already_running=True)
+        result = PassResult()
+        candidates = []
+        for run_dir in run_dirs:
+            candidates += scan_run(run_dir, config, options, result)
+        candidates.sort(key=lambda item: item.iteration, reverse=not options.oldest_first)
+        chosen = candidates[: options.max_submit] if options.max_submit is not None else candidates
+        for left in candidates[len(chosen):]:
+            result.actions.append(Action(left.run, left.iteration, str(left.paths.root), "waiting", "over --max-submit; next pass"))
+        if chosen:
+            submit_candidates(chosen, config_for, settings, result)
+        return result
+
+
+def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: PassResult) -> list[Candidate]:
+    """New complete checkpoints of one run, and its evaluations that should be submitted again."""
+    run = run_of(run_dir, config.source.stem)
+    config_hash = config.config_hash()
+    index = completed_index(config.output_dir, run, config_hash)
+    completed = set(os.listdir(index)) if index.is_dir() else set()
+    candidates, unfinished = [], []
+    for name, iteration in iter_names(run_dir):
+        if name in completed:
+            continue
+        paths = EvalPaths(eval_dir(config.output_dir, run, run_dir / name, config_hash))
+        if paths.root.is_dir():
+            unfinished.append(paths)
+            continue
+        verdict = ckpt.validate(run_dir / name, quiet_seconds=options.quiet_seconds)
+        if verdict.ok:
+            candidates.append(Candidate(paths, run, run_dir / name, iteration))
+        else:
+            result.actions.append(Action(run, iteration, str(run_dir / name), "waiting", verdict.reason or ""))
+    for row, paths in zip(reconcile(unfinished), unfinished):
+        if row.state == "COMPLETED":
+            index.mkdir(parents=True, exist_ok=True)
+            (index / paths.root.parent.name).touch()
+            continue
+        why = retry_reason(row.state, row.attempts, row.created_at, options)
+        if why:
+            candidates.append(Candidate(paths, run, Path(paths.read_request().get("checkpoint") or run_dir), row.iteration or 0, retry=True, detail=why))
+    return candidates
+
+
+def retry_reason(state: str, attempts: int, created_at: str, options: WatchOptions) -> str:
+    """Why an existing evaluation should be submitted again, or "" to leave it."""
+    if state == UNSUBMITTED:
+        age = time.time() - parse_time(created_at)
+        return f"claimed {int(age)} s ago but never submitted" if age > STALE_CLAIM_S else ""
+    if attempts >= options.max_attempts:
+        return ""
+    if state in RETRYABLE_STATES:
+        return f"ended {state} (attempt {attempts} of {options.max_attempts})"
+    if options.retry_failed and state in ("FAILED", "CANCELLED"):
+        return f"ended {state}, --retry-failed (attempt {attempts} of {options.max_attempts})"
+    return ""
+
+
+def parse_time(text: str) -> float:
+    try:
+        return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    except (ValueError, TypeError):
+        return 0.0  # no request.json: a claim that died before it wrote one
+
+
+def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, Any], result: PassResult) -> None:
+    """Claim every candidate, then submit the claimed ones as one array."""
+    preflight(config_for(chosen[0].checkpoint))
+    ready: list[PlannedEvaluation] = []
+    for item in chosen:
+        planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration)
+        claimed = claim_retry(item) if item.retry else prepare(config_for(item.checkpoint), planned)
+        if claimed:
+            ready.append(planned)
+        else:
+            result.actions.append(Action(item.run, item.iteration, str(item.paths.root), "skipped", "claimed by another pass"))
+    if not ready:
+        return
+    config = config_for(chosen[0].checkpoint)
+    try:
+        jobs = submit(ready, settings, array_folder_root=config.output_dir / ".arrays")
+    except HpcEvalError as error:
+        result.submit_error = str(error)
+        for planned in ready:
+            result.actions.append(Action(planned.run, planned.iteration, str(planned.paths.root), "failed", str(error)))
+        return
+    retried = {item.paths.root: item.detail for item in chosen if item.retry}
+    for job in jobs:
+        result.jobs.append(job.to_dict())
+        for task_id, planned in zip(job.task_ids, job.evaluations):
+            verb = "resubmitted" if planned.paths.root in retried else "submitted"
+            detail = f"job {task_id}" + (f"; {retried[planned.paths.root]}" if planned.paths.root in retried else "")
+            result.actions.append(Action(planned.run, planned.iteration, str(planned.paths.root), verb, detail))
+
+
+def claim_retry(item: Candidate) -> bool:
+    """A second pass retrying the same evaluation loses this mkdir."""
+    attempt = len(item.paths.read_attempts()) + 1
+    try:
+        (item.paths.root / f".attempt-{attempt}").mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def iter_names(run_dir: Path) -> list[tuple[str, int]]:
+    """(name, step) of the iter_* entries directly under a run dir: one directory scan."""
+    with os.scandir(run_dir) as entries:
+        found = [(entry.name, ckpt.ITER_NAME.match(entry.name)) for entry in entries]
+    return [(name, int(match.group(1))) for name, match in found if match]
+
+
+class pass_lock:
+    """A non-blocking lock per (output dir, run dirs): a second pass exits at once."""
+
+    def __init__(self, output_dir: Path, run_dirs: list[Path]):
+        key = hashlib.sha256("\n".join(sorted(str(p.absolute()) for p in run_dirs)).encode()).hexdigest()[:12]
+        self.path = output_dir / f".watch-{key}.lock"
+
+    def __enter__(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def __exit__(self, *_):
+        self.handle.close()
+
+
+def render_cron(watch_args: list[str], *, executable: str, cwd: Path, path_env: str, minutes: int,
+                partition: str, time_limit: str, log: Path, stop_file: Path) -> dict[str, str]:
+    """A crontab line and a scrontab file for `hpc-eval watch <watch_args>`, from templates/."""
+    import shlex
+    from string import Template
+
+    from hpc_eval.config import BUILTIN_CONFIGS
+
+    templates = BUILTIN_CONFIGS.parent / "templates"
+    values = {
+        "minutes": minutes, "cwd": shlex.quote(str(cwd)), "path": shlex.quote(path_env), "partition": partition,
+        "time": time_limit, "log": shlex.quote(str(log)), "stop_file": stop_file, "busy_exit": EXIT_PASS_RUNNING,
+        "command": " ".join(shlex.quote(part) for part in [executable, "watch", *watch_args]),
+    }
+    return {name: Template((templates / f"{name}.txt").read_text()).substitute(values) for name in ("crontab", "scrontab")}

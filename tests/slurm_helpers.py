@@ -1,0 +1,82 @@
+"""Small helpers for tests that run jobs on the real local Slurm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hpc_eval.cli import main
+
+CONFIGS = Path(__file__).parent / "configs"
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
+
+
+def hpc_eval(*args: str) -> "click.testing.Result":
+    """Run the real CLI in-process; fail loudly with its output when it crashes."""
+    result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+    return result
+
+
+def submit_json(*args: str) -> dict:
+    result = hpc_eval("submit", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def sacct_state(job_id: str) -> str:
+    """The accounting state of one job (array task ids as A_i)."""
+    output = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State", "-j", job_id.split("_")[0]],
+                            capture_output=True, text=True).stdout
+    for line in output.splitlines():
+        job, _, state = line.partition("|")
+        if job == job_id:
+            return state.split()[0] if state else ""
+    return ""
+
+
+def wait_for_state(job_id: str, states: set[str] = FINAL_STATES, timeout: float = 180.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = sacct_state(job_id)
+        if state in states:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not reach {sorted(states)} in {timeout}s (last: {sacct_state(job_id)!r})")
+
+
+def wait_for_file(path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.2)
+
+
+def wait_until_gone_from_queue(job_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still in squeue after {timeout}s")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (an evaluation dir, a port)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline.strip()}")
+    return found

@@ -1,0 +1,141 @@
+"""The payload in real Slurm jobs: run_eval, waiting, summary.json, cancel, requeue, vanished checkpoints.
+
+Replaced at the process boundary only: the model (a stub HTTP server on 127.0.0.1) and the
+docker daemon (a `docker` stand-in on PATH). Slurm, submitit, the launcher and the bfcl harness
+are real.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fakeckpt import make_run
+from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_for_file, wait_for_state, wait_until_gone_from_queue
+
+pytestmark = pytest.mark.slurm
+
+BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
+
+
+@pytest.fixture
+def bfcl_env(monkeypatch, start_stub, docker_standin):
+    """The environment a user's shell would have: the stub's URL, docker (stand-in) on PATH."""
+    stub = start_stub(reply=BFCL_REPLY)
+    for name, value in docker_standin.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STUB_URL", stub.url)
+    return stub
+
+
+def only_evaluation(result: dict) -> tuple[str, Path]:
+    (job,) = result["jobs"]
+    (task,) = job["tasks"]
+    return task["slurm_job_id"], Path(task["eval_dir"])
+
+
+def read_summary(eval_dir: Path) -> dict:
+    return json.loads((eval_dir / "summary.json").read_text())
+
+
+def test_launcher_dry_run_key_runs_run_eval_in_the_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("NVIDIA_API_KEY", "not-a-real-key")
+    result = submit_json("-c", "tiny_chat", "dry_run=true", "slurm.cpus_per_task=1", "--output-dir", tmp_path)
+    job_id, eval_dir = only_evaluation(result)
+    assert wait_for_state(job_id) == "COMPLETED"
+    summary = read_summary(eval_dir)
+    assert summary["state"] == "COMPLETED" and summary["dry_run"] is True
+    assert any(script.endswith("mmlu_instruct.0/run.sh") for script in summary["scripts"])
+    assert Path(summary["invocation_dir"], "run_all.sequential.sh").is_file()
+    assert "not-a-real-key" not in (eval_dir / "launcher_config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_real_evaluation_writes_metrics_and_sees_its_gpu(tmp_path, bfcl_env):
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
+    job_id, eval_dir = only_evaluation(result)
+    assert wait_for_state(job_id) == "COMPLETED"
+    summary = read_summary(eval_dir)
+    (task,) = summary["tasks"].values()
+    assert task["status"] == "success"
+    assert task["metrics"]["bfcl/python_simple_ast_non_live"] == 25.0
+    assert summary["cuda_visible_devices"] == "0"  # slurm.gpus_per_node: 1 reached the job
+    assert bfcl_env.requests() >= 4  # the harness really talked to the model server
+
+
+@pytest.mark.slow
+def test_failed_evaluation_fails_the_job_with_its_reason(tmp_path, bfcl_env, monkeypatch):
+    monkeypatch.setenv("DOCKER_STANDIN_VENV", str(tmp_path / "no-such-image-venv"))  # the "image" cannot start
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
+    job_id, eval_dir = only_evaluation(result)
+    assert wait_for_state(job_id) == "FAILED"
+    summary = read_summary(eval_dir)
+    assert summary["state"] == "FAILED" and summary["failure"] == "task_failed"
+    assert "bfcl.bfclv3_ast_prompting.0" in summary["reason"] and "exit code" in summary["reason"]
+    status = json.loads(hpc_eval("status", tmp_path, "--json").output)
+    assert [row["state"] for row in status] == ["FAILED"] and "exit code" in status[0]["reason"]
+
+
+@pytest.mark.slow
+def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start_stub):
+    slow = start_stub(reply=BFCL_REPLY, delay_s=3)
+    monkeypatch.setenv("STUB_URL", slow.url)
+    monkeypatch.setenv("DOCKER_STANDIN_DETACHED", "1")  # containers outside the job, as real docker makes them
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
+    job_id, eval_dir = only_evaluation(result)
+    deadline = time.monotonic() + 120
+    while slow.requests() < 1:  # the harness is in its request phase
+        assert time.monotonic() < deadline, "the evaluation never reached the model"
+        time.sleep(0.3)
+    subprocess.run(["scancel", job_id], check=True)
+    wait_until_gone_from_queue(job_id)
+    time.sleep(2)
+    assert processes_mentioning(str(eval_dir)) == []
+    assert processes_mentioning("bfcl generate") == []
+    seen = slow.requests()
+    time.sleep(4)
+    assert slow.requests() == seen, "something kept evaluating after the job was cancelled"
+    summary = read_summary(eval_dir)
+    assert summary["state"] == "CANCELLED"
+    assert summary["cleanup"]["containers_killed"], "the detached containers were not killed"
+
+
+@pytest.mark.slow
+def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
+    run = make_run(tmp_path / "train" / "checkpoints", [100])
+    checkpoint = run / "iter_0000100"
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", checkpoint, "--output-dir", tmp_path / "out",
+                         "+slurm.additional_parameters.hold=true")
+    job_id, eval_dir = only_evaluation(result)
+    shutil.rmtree(checkpoint)  # training's retention deleted it while the job waited in the queue
+    subprocess.run(["scontrol", "release", job_id], check=True)
+    assert wait_for_state(job_id) == "FAILED"
+    summary = read_summary(eval_dir)
+    assert summary["failure"] == "checkpoint_missing"
+    assert str(checkpoint) in summary["reason"] and "no longer exists" in summary["reason"]
+
+
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env, monkeypatch, start_stub):
+    slow = start_stub(reply=BFCL_REPLY, delay_s=8)  # 4 samples: ~32 s, longer than USR2's 20 s
+    monkeypatch.setenv("STUB_URL", slow.url)
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path,
+                         "slurm.time=1", "slurm.signal_delay_s=40")
+    job_id, eval_dir = only_evaluation(result)
+    wait_for_state(job_id, {"REQUEUED", "PENDING", "REQUEUE_HOLD"}, timeout=120)
+    wait_for_file(eval_dir / "summary.json")
+    first = read_summary(eval_dir)
+    assert first["state"] == "REQUEUED"
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=False)  # skip the 120 s hold
+    monkeypatch.setenv("STUB_URL", slow.url)
+    deadline = time.monotonic() + 180
+    while read_summary(eval_dir).get("attempt") != 2 or read_summary(eval_dir)["state"] == "REQUEUED":
+        assert time.monotonic() < deadline, read_summary(eval_dir)
+        time.sleep(1)
+    second = read_summary(eval_dir)
+    assert second["invocation_id"] == first["invocation_id"]  # resumed, not started again
+    assert second["state"] in {"COMPLETED", "REQUEUED"}
