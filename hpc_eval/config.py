@@ -43,6 +43,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "signal_delay_s": 120,
     "max_requeues": 3,
     "array_parallelism": 32,
+    "max_array_size": None,  # None: the cluster's MaxArraySize (scontrol show config)
 }
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 if not BUILTIN_CONFIGS.is_dir():  # an editable install: the top-level configs/ folder

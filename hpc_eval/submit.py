@@ -199,7 +199,8 @@ def submit(evaluations: list[PlannedEvaluation], settings: dict[str, Any], *, ar
         submitted = [SubmittedJob(job.job_id, [job.job_id], only.paths.submitit, [only])]
     else:
         submitted = []
-        chunk = max_array_size()
+        cluster_limit = max_array_size()
+        chunk = min(settings["max_array_size"] or cluster_limit, cluster_limit)
         for start in range(0, len(evaluations), chunk):
             part = evaluations[start:start + chunk]
             folder = array_folder_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}"

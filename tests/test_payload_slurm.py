@@ -63,7 +63,7 @@ def test_real_evaluation_writes_metrics_and_sees_its_gpu(tmp_path, bfcl_env):
     (task,) = summary["tasks"].values()
     assert task["status"] == "success"
     assert task["metrics"]["bfcl/python_simple_ast_non_live"] == 25.0
-    assert summary["cuda_visible_devices"] == "0"  # slurm.gpus_per_node: 1 reached the job
+    assert summary["cuda_visible_devices"] in {"0", "1"}  # slurm.gpus_per_node: 1 reached the job (one of 2 fake GPUs)
     assert bfcl_env.requests() >= 4  # the harness really talked to the model server
 
 
