@@ -153,10 +153,19 @@ def print_submit_result(result, output_dir) -> None:
         click.echo(f"dry run: would submit {count} evaluation(s)" + (f" as one array of {count}" if count > 1 else "") + "; nothing submitted")
         if result.sbatch_script and count:
             click.echo("sbatch script:\n" + result.sbatch_script)
+        if count:
+            from hpc_eval.runtime import describe_commands
+
+            first = result.to_submit[0]
+            commands = describe_commands(first.paths.launcher_config)
+            if commands:
+                click.echo(f"commands in the job (execution.type hpc_eval; {first.checkpoint or 'the endpoint'}):\n{commands}")
         return
     if not result.jobs:
         click.echo("nothing to submit")
         return
+    if len(result.jobs) > 1:
+        click.echo(f"split into {len(result.jobs)} arrays: {len(result.to_submit)} evaluations exceed the array size limit")
     for job in result.jobs:
         kind = f"array job {job.job_id} ({len(job.task_ids)} tasks)" if len(job.task_ids) > 1 else f"job {job.job_id}"
         click.echo(f"submitted {kind}")
@@ -380,3 +389,54 @@ def cron(watch_args, minutes, partition, time_limit, log):
                         minutes=minutes, partition=partition, time_limit=time_limit, log=Path(log).absolute(),
                         stop_file=Path(output_dir).absolute() / "STOP")
     click.echo("# ---- crontab ----\n" + texts["crontab"] + "\n# ---- scrontab ----\n" + texts["scrontab"], nl=False)
+
+
+RESULTS_FORMATS = ["table", "csv", "json", "markdown"]
+MISSING_COLUMNS = ["run", "iteration", "task", "eval_dir"]
+MISSING_CELL = "-"  # what a table or markdown shows where a checkpoint has no score
+
+
+@main.command()
+@click.argument("roots", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(RESULTS_FORMATS), default="table", show_default=True)
+@click.option("--metric", "metric_patterns", multiple=True,
+              help="Only matching columns: an exact key, a substring or a glob (bfcl/*); repeatable.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also save a line chart of the scores against training step (PNG).")
+@click.option("--missing", "list_missing", is_flag=True, help="List the checkpoints × launcher tasks without a result instead.")
+@translate_errors
+def results(roots, fmt, metric_patterns, plot_path, list_missing):
+    """Scores per training step of every evaluation under OUTPUT_DIR (default ./results) or a run folder.
+
+    \b
+    Examples:
+      hpc-eval results results/ --metric 'bfcl/*' --format markdown
+      hpc-eval results results/my-run --plot scores.png
+      hpc-eval results --missing
+    """
+    from hpc_eval import results as results_lib
+
+    root_paths = [Path(root) for root in default_roots(roots)]
+    progress = show_scan_progress if sys.stderr.isatty() else None  # quiet when piped or logged
+    if list_missing:
+        rows = [item.to_dict() for item in results_lib.missing(root_paths, progress=progress)]
+        click.echo(render(rows, MISSING_COLUMNS, fmt))
+        return
+    table = results_lib.collect_results(root_paths, progress=progress).select(list(metric_patterns))
+    if plot_path:
+        results_lib.plot(table, plot_path)
+        click.echo(f"plot: {plot_path}", err=True)  # stderr, so that stdout stays one clean table
+    click.echo(render(displayed_scores(table.records(), fmt), ["run", "iteration", *table.metrics], fmt))
+
+
+def displayed_scores(records: list[dict], fmt: str) -> list[dict]:
+    """Make missing cells visible in a table or markdown; CSV leaves them empty and JSON null."""
+    if fmt not in ("table", "markdown"):
+        return records
+    return [{key: MISSING_CELL if value is None else f"{value:.6g}" if isinstance(value, float) else value
+             for key, value in record.items()} for record in records]
+
+
+def show_scan_progress(done: int, total: int) -> None:
+    """`reading evaluations N/M`, rewritten in place on stderr and erased when the scan ends."""
+    line = f"\rreading evaluations {done}/{total}" if done < total else "\r\033[K"
+    click.echo(line, err=True, nl=False)

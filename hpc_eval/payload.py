@@ -184,6 +184,9 @@ def start_launcher(paths: EvalPaths) -> "Launcher":
 
     paths.launcher_state.mkdir(exist_ok=True)
     import_launcher(paths.launcher_state)
+    from hpc_eval.runtime import register
+
+    register()  # execution.type: hpc_eval (docker, pyxis, apptainer or no container)
     return Launcher()
 
 
@@ -257,16 +260,23 @@ def container_names(invocation: Invocation) -> list[str]:
 
 
 def kill_containers(names: list[str], budget_s: float) -> None:
-    """`docker kill` in parallel: `docker stop` waits, and nemo-evaluator takes 30 s to stop on TERM."""
+    """`docker rm -f` in parallel: kill now (`docker stop` waits, and nemo-evaluator takes 30 s to
+    stop on TERM) and remove, so that a resumed attempt can reuse the launcher's container names."""
     if not names or not shutil.which("docker"):
         return
-    kills = [subprocess.Popen(["docker", "kill", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names]
+    # Slurm sends SIGTERM to every process of the step while we clean up: the removals ignore it.
+    kills = [subprocess.Popen(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=ignore_sigterm) for name in names]
     deadline = time.monotonic() + budget_s
     for kill in kills:
         try:
             kill.wait(max(0.05, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+
+
+def ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def task_outcome(task_dir: Path) -> dict[str, Any]:

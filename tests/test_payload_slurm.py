@@ -121,21 +121,24 @@ def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
 
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env, monkeypatch, start_stub):
-    slow = start_stub(reply=BFCL_REPLY, delay_s=8)  # 4 samples: ~32 s, longer than USR2's 20 s
+    delay_file = tmp_path / "stub-delay"
+    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish before the time limit
+    monkeypatch.setenv("DELAY_FILE", str(delay_file))
+    slow = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", slow.url)
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path,
-                         "slurm.time=1", "slurm.signal_delay_s=40")
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out",
+                         "slurm.time=1", "slurm.signal_delay_s=30")
     job_id, eval_dir = only_evaluation(result)
-    wait_for_state(job_id, {"REQUEUED", "PENDING", "REQUEUE_HOLD"}, timeout=120)
-    wait_for_file(eval_dir / "summary.json")
+    wait_for_file(eval_dir / "summary.json", timeout=150)
     first = read_summary(eval_dir)
-    assert first["state"] == "REQUEUED"
+    assert first["state"] == "REQUEUED" and first["attempt"] == 1
+    delay_file.write_text("0")  # the second attempt may finish
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=False)  # skip the 120 s hold
-    monkeypatch.setenv("STUB_URL", slow.url)
-    deadline = time.monotonic() + 180
-    while read_summary(eval_dir).get("attempt") != 2 or read_summary(eval_dir)["state"] == "REQUEUED":
+    deadline = time.monotonic() + 150
+    while not (read_summary(eval_dir)["attempt"] == 2 and read_summary(eval_dir)["state"] != "REQUEUED"):
         assert time.monotonic() < deadline, read_summary(eval_dir)
         time.sleep(1)
     second = read_summary(eval_dir)
+    assert second["state"] == "COMPLETED", second
     assert second["invocation_id"] == first["invocation_id"]  # resumed, not started again
-    assert second["state"] in {"COMPLETED", "REQUEUED"}
+    assert wait_for_state(job_id) == "COMPLETED"

@@ -1,0 +1,241 @@
+"""Scores per training step: every evaluation's results.yml joined into one table.
+
+An evaluation's scores come from its summary.json once the payload wrote a final one, else (the
+job is still running, or died before writing it) from the launcher's own tree, where a task's
+results.yml counts only when its logs/stage.exit says 0. Rows are checkpoints ordered by run and
+training step; columns are metric keys as `payload.read_metrics` names them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from hpc_eval.errors import UsageError
+from hpc_eval.payload import task_outcome
+from hpc_eval.status import FINAL_SUMMARY_STATES
+from hpc_eval.store import EvalPaths, iter_evaluations
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Progress = Callable[[int, int], None]  # called with (evaluations read, evaluations in all)
+Metrics = dict[str, Any]  # metric key -> value (a float, or None when the harness wrote none)
+
+INVOCATION_GLOB = "????????_??????-*"  # the launcher's <YYYYmmdd_HHMMSS>-<invocation id> folders
+
+
+@dataclass
+class EvaluationResults:
+    """One evaluation directory: its checkpoint and the metrics of each launcher task that succeeded."""
+
+    paths: EvalPaths
+    run: str
+    iteration: int | None
+    created_at: str
+    task_filters: list[str] | None
+    task_metrics: dict[str, Metrics]  # launcher task dir name (bfcl.bfclv3_ast_prompting.0) -> metrics
+
+
+@dataclass
+class CheckpointScores:
+    """One row of the table: a checkpoint and its value for each metric key."""
+
+    run: str
+    iteration: int | None
+    scores: Metrics
+
+
+@dataclass
+class ResultsTable:
+    rows: list[CheckpointScores]  # ordered by run, then training step
+    metrics: list[str]  # the columns, sorted
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per row: run, iteration, then every metric (None where missing)."""
+        return [{"run": row.run, "iteration": row.iteration, **{m: row.scores.get(m) for m in self.metrics}}
+                for row in self.rows]
+
+    def select(self, patterns: list[str]) -> ResultsTable:
+        """Only the metrics matching a pattern: an exact key, a substring, or a glob such as `bfcl/*`.
+
+        Raises:
+            UsageError: a pattern matches no metric (a typo would otherwise print an empty table).
+        """
+        if not patterns:
+            return self
+        unmatched = [pattern for pattern in patterns if not any(metric_matches(m, pattern) for m in self.metrics)]
+        if unmatched:
+            available = ", ".join(self.metrics) or "none"
+            wanted = ", ".join(map(repr, unmatched))
+            raise UsageError(f"metric {wanted} matches no column; available metrics: {available}")
+        chosen = [m for m in self.metrics if any(metric_matches(m, pattern) for pattern in patterns)]
+        return ResultsTable(self.rows, chosen)
+
+
+@dataclass
+class MissingResult:
+    """A launcher task of an evaluation that has no successful result."""
+
+    run: str
+    iteration: int | None
+    task: str
+    eval_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def metric_matches(metric: str, pattern: str) -> bool:
+    return pattern in metric or fnmatch.fnmatchcase(metric, pattern)
+
+
+def collect_results(roots: Iterable[Path], progress: Progress | None = None) -> ResultsTable:
+    """The scores of every evaluation under the given output dirs (or run dirs, or evaluation dirs)."""
+    return build_table(read_evaluations(roots, progress))
+
+
+def missing(roots: Iterable[Path], progress: Progress | None = None) -> list[MissingResult]:
+    """Each checkpoint × launcher task that has no successful result, ordered by run and step.
+
+    The tasks expected are those of the evaluation's launcher_config.yaml, named like the
+    launcher's task dirs (name.INDEX).
+    """
+    found = [MissingResult(evaluation.run, evaluation.iteration, task, str(evaluation.paths.root))
+             for evaluation in read_evaluations(roots, progress)
+             for task in expected_tasks(evaluation)
+             if task not in evaluation.task_metrics]
+    return sorted(found, key=lambda item: (*step_order(item.run, item.iteration), item.task, item.eval_dir))
+
+
+def read_evaluations(roots: Iterable[Path], progress: Progress | None) -> list[EvaluationResults]:
+    evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
+    read = []
+    for done, paths in enumerate(evaluations, start=1):
+        read.append(read_evaluation(paths))
+        if progress:
+            progress(done, len(evaluations))
+    return read
+
+
+def read_evaluation(paths: EvalPaths) -> EvaluationResults:
+    request = paths.read_request()
+    summary = paths.read_summary() or {}
+    # A requeued job's summary is stale: the next attempt is still adding results to the tree.
+    final = summary.get("state") in FINAL_SUMMARY_STATES and "tasks" in summary
+    outcomes = summary["tasks"] if final else launcher_tree_outcomes(paths.root)
+    successes = {task: outcome.get("metrics") or {} for task, outcome in outcomes.items()
+                 if outcome.get("status") == "success"}
+    return EvaluationResults(
+        paths=paths,
+        run=request.get("run") or paths.root.parent.parent.name,
+        iteration=request.get("iteration"),
+        created_at=request.get("created_at") or "",
+        task_filters=request.get("task_filters"),
+        task_metrics=successes,
+    )
+
+
+def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each launcher task's outcome, read from its stage.exit and results.yml like the payload does.
+
+    With several invocations (a forced re-run), a task's newest success wins and a later failure
+    does not hide an earlier success.
+    """
+    outcomes: dict[str, dict[str, Any]] = {}
+    for invocation in sorted(eval_dir.glob(INVOCATION_GLOB)):
+        for task_dir in sorted(path for path in invocation.iterdir() if path.is_dir()):
+            outcome = task_outcome(task_dir)
+            if outcome["status"] == "success" or task_dir.name not in outcomes:
+                outcomes[task_dir.name] = outcome
+    return outcomes
+
+
+def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:
+    """One row per checkpoint; several evaluations of one checkpoint merge, the newest winning a clash."""
+    shared = metrics_from_several_tasks(evaluations)
+    rows: dict[tuple[str, int | None], CheckpointScores] = {}
+    for evaluation in sorted(evaluations, key=lambda item: item.created_at):
+        row = rows.setdefault((evaluation.run, evaluation.iteration),
+                              CheckpointScores(evaluation.run, evaluation.iteration, {}))
+        for task, metrics in sorted(evaluation.task_metrics.items()):
+            for key, value in metrics.items():
+                row.scores[f"{task}/{key}" if key in shared else key] = value
+    ordered = sorted(rows.values(), key=lambda row: step_order(row.run, row.iteration))
+    return ResultsTable(ordered, sorted({key for row in ordered for key in row.scores}))
+
+
+def metrics_from_several_tasks(evaluations: list[EvaluationResults]) -> set[str]:
+    """Metric keys two launcher tasks of one evaluation both report (two bfcl subsets, say).
+
+    These get the launcher task name as a prefix in every row, so the columns stay the same
+    across checkpoints even where one of the tasks failed.
+    """
+    shared: set[str] = set()
+    for evaluation in evaluations:
+        counts = Counter(key for metrics in evaluation.task_metrics.values() for key in metrics)
+        shared.update(key for key, count in counts.items() if count > 1)
+    return shared
+
+
+def step_order(run: str, iteration: int | None) -> tuple[str, int]:
+    return run, -1 if iteration is None else iteration  # an endpoint (no step) comes first
+
+
+def expected_tasks(evaluation: EvaluationResults) -> list[str]:
+    """The launcher's task dir names for this evaluation: its config's tasks as name.INDEX.
+
+    Like `run_eval`, a task filter keeps the tasks named `name` or `name.INDEX` and then indexes
+    the kept tasks afresh.
+    """
+    import yaml
+
+    try:
+        config = yaml.safe_load(evaluation.paths.launcher_config.read_text()) or {}
+    except FileNotFoundError:
+        return []
+    names = [task.get("name") for task in (config.get("evaluation") or {}).get("tasks") or []]
+    if evaluation.task_filters:
+        names = [name for index, name in enumerate(names)
+                 if name in evaluation.task_filters or f"{name}.{index}" in evaluation.task_filters]
+    return [f"{name}.{index}" for index, name in enumerate(names)]
+
+
+def plot(table: ResultsTable, path: Path | str) -> Figure:
+    """Save a PNG line chart of each metric against training step (one line per metric and run).
+
+    Checkpoints without a step (hosted endpoints) and metrics a run never reported are left out.
+
+    Raises:
+        UsageError: no checkpoint has both a training step and a score.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # headless, and no pyplot global state
+    from matplotlib.figure import Figure
+
+    stepped = [row for row in table.rows if row.iteration is not None]
+    runs = list(dict.fromkeys(row.run for row in stepped))
+    figure = Figure(figsize=(10, 6))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for run in runs:
+        run_rows = [row for row in stepped if row.run == run]
+        for metric in table.metrics:
+            values = [row.scores.get(metric) for row in run_rows]
+            if all(value is None for value in values):
+                continue
+            label = metric if len(runs) == 1 else f"{run}: {metric}"
+            axes.plot([row.iteration for row in run_rows], [math.nan if v is None else v for v in values],
+                      marker="o", label=label)
+    if not axes.lines:
+        raise UsageError("nothing to plot: no checkpoint has both a training step and a score")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("score")
+    axes.set_title(", ".join(runs))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    return figure
