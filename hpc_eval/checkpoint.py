@@ -1,9 +1,9 @@
 """Validate Megatron Bridge iter_* checkpoint directories and discover them under a training run.
 
 Standard library only, and frugal with file system calls: a cron pass runs discovery over
-thousands of directories on NFS, so each iteration directory costs one os.scandir plus a few
-small reads. The facts behind every check (save order, lookalikes) are in the shared research
-note megatron-bridge-checkpoints.md.
+thousands of directories on NFS, so each iteration directory costs one os.scandir, a stat of
+each shard and three small reads. The facts behind every check (save order, lookalikes) are in
+the shared research note megatron-bridge-checkpoints.md.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -65,6 +66,15 @@ class Discovery:
 
 
 @dataclass(frozen=True)
+class _Options:
+    """What checking one iteration directory needs besides its listing."""
+
+    tracker: int | None = None  # the step in the parent's latest_checkpointed_iteration.txt
+    quiet_seconds: float = 0.0  # warn about files modified this recently (0: off)
+    now: float | None = None  # the clock for that warning (None: time.time())
+
+
+@dataclass(frozen=True)
 class _RunConfig:
     """The few facts of run_config.yaml the validator needs."""
 
@@ -87,7 +97,7 @@ def validate(
         return lookalike
     in_run = ITER_NAME.match(path.name) is not None
     tracker = _read_tracker(path.parent) if in_run else None
-    verdict = _check_iter_dir(path, entries, tracker, quiet_seconds, now)
+    verdict = _check_iter_dir(path, entries, _Options(tracker, quiet_seconds, now))
     return verdict if verdict.ok or not in_run else _with_latest_hint(verdict)
 
 
@@ -113,7 +123,12 @@ def discover(
         entries = _scan(run_dir)
     except OSError as error:
         raise CheckpointError(_scan_error(run_dir, error)) from None
-    return _discover(run_dir, entries, select, every, from_step, to_step, quiet_seconds, now)
+
+    def wanted(step: int) -> bool:
+        in_range = (from_step is None or step >= from_step) and (to_step is None or step <= to_step)
+        return in_range and (not every or step % every == 0)
+
+    return _discover(run_dir, entries, select, wanted, _Options(None, quiet_seconds, now))
 
 
 def latest(run_dir: str | os.PathLike) -> Verdict | None:
@@ -134,34 +149,24 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def _discover(
-    run_dir: Path,
-    entries: Entries,
-    select: str,
-    every: int | None,
-    from_step: int | None,
-    to_step: int | None,
-    quiet_seconds: float,
-    now: float | None,
+    run_dir: Path, entries: Entries, select: str, wanted: Callable[[int], bool], options: _Options
 ) -> Discovery:
-    """Filter the scanned children by name and step range first, then validate the candidates."""
+    """Filter the scanned children by name and step first, then validate only those candidates."""
     candidates = []
     for name, entry in entries.items():
         match = ITER_NAME.match(name)
-        if match is None:
-            continue
-        step = int(match.group(1))
-        in_range = (from_step is None or step >= from_step) and (to_step is None or step <= to_step)
-        if in_range and (not every or step % every == 0) and entry.is_dir():
-            candidates.append((step, entry))
+        if match and wanted(int(match.group(1))) and entry.is_dir():
+            candidates.append((int(match.group(1)), entry))
     tracker = _read_tracker(run_dir) if TRACKER_TXT in entries else None
     if select == "latest":
         # The tracker's iteration first, then the rest from the highest step down.
         candidates.sort(key=lambda candidate: (candidate[0] != tracker, -candidate[0]))
     else:
         candidates.sort(key=lambda candidate: candidate[0])
+    options = replace(options, tracker=tracker)
     valid, invalid = [], []
     for _, entry in candidates:
-        verdict = _check_child(run_dir / entry.name, tracker, quiet_seconds, now)
+        verdict = _check_child(run_dir / entry.name, options)
         (valid if verdict.ok else invalid).append(verdict)
         if valid and select == "latest":
             break
@@ -169,15 +174,13 @@ def _discover(
     return Discovery(run_dir, valid, invalid)
 
 
-def _check_child(
-    path: Path, tracker: int | None, quiet_seconds: float, now: float | None
-) -> Verdict:
+def _check_child(path: Path, options: _Options) -> Verdict:
     """Validate one iter_* directory found by discovery (one scan, no lookalike checks)."""
     try:
         entries = _scan(path)
     except OSError as error:
         return Verdict(path, ok=False, iteration=_iteration(path), reason=_scan_error(path, error))
-    return _check_iter_dir(path, entries, tracker, quiet_seconds, now)
+    return _check_iter_dir(path, entries, options)
 
 
 def _with_latest_hint(verdict: Verdict) -> Verdict:
@@ -200,7 +203,6 @@ def _lookalike(path: Path, entries: Entries) -> Verdict | None:
     names = entries.keys()
     is_hf = "config.json" in names and any(HF_WEIGHTS.match(name) for name in names)
     is_peft = "adapter_config.json" in names and any(name in names for name in PEFT_WEIGHTS)
-    hf_format = "hf" if is_hf else "hf_peft"
     if (is_hf or is_peft) and ITER_NAME.match(path.parent.name):
         reason = (
             f"{path} is the Hugging Face export saved inside {path.parent.name} "
@@ -219,7 +221,7 @@ def _lookalike(path: Path, entries: Entries) -> Verdict | None:
             f"its base model with an HF deployment that loads adapters (e.g. vLLM --lora-modules)"
         )
     if is_hf or is_peft:
-        return Verdict(path, ok=False, format=hf_format, reason=reason)
+        return Verdict(path, ok=False, format="hf" if is_hf else "hf_peft", reason=reason)
     if _is_dir(entries, "context") and _is_dir(entries, "weights"):
         reason = (
             f"{path} is a NeMo 2 checkpoint (context/ + weights/), not Megatron Bridge; export it "
@@ -246,7 +248,7 @@ def _looks_like_run_dir(entries: Entries) -> bool:
 
 def _run_dir_reason(path: Path, entries: Entries) -> str:
     """Explain that `path` is a run directory and name the iteration directory to pass instead."""
-    found = _discover(path, entries, "latest", None, None, None, 0.0, None)
+    found = _discover(path, entries, "latest", lambda step: True, _Options())
     prefix = f"{path} is a training run's checkpoint directory, not one checkpoint"
     if not found.valid:
         return (
@@ -270,9 +272,7 @@ def _run_dir_reason(path: Path, entries: Entries) -> str:
 # ---- one iter_* directory ----
 
 
-def _check_iter_dir(
-    path: Path, entries: Entries, tracker: int | None, quiet_seconds: float, now: float | None
-) -> Verdict:
+def _check_iter_dir(path: Path, entries: Entries, options: _Options) -> Verdict:
     """Validate the files of one iteration directory; an unreadable file is a rejection too."""
     iteration = _iteration(path)
     has_tokenizer = _is_dir(entries, "tokenizer")
@@ -282,7 +282,7 @@ def _check_iter_dir(
         problem, fmt = _completeness_problem(path, entries, config)
         if problem is not None:
             return Verdict(path, False, iteration, fmt, has_tokenizer, problem)
-        warnings = _warnings(path, entries, iteration, tracker, config, quiet_seconds, now)
+        warnings = _warnings(path, entries, iteration, config, options)
     except OSError as error:
         reason = _scan_error(Path(error.filename or path), error)
         return Verdict(path, False, iteration, None, has_tokenizer, reason)
@@ -330,8 +330,8 @@ def _completeness_problem(
     if "run_config.yaml" not in names:
         if "train_state.pt" in names:
             return (
-                f"{path} is incomplete: train_state.pt without run_config.yaml (the Bridge finalize "
-                f"was interrupted; the tracker may already point here); {earlier}"
+                f"{path} is incomplete: train_state.pt without run_config.yaml (the Bridge "
+                f"finalize was interrupted; the tracker may already point here); {earlier}"
             ), None
         return (
             f"{path} is a Megatron-LM checkpoint, not Megatron Bridge (no run_config.yaml or "
@@ -357,12 +357,9 @@ def _content_problem(
     if not metadata:
         return f"{path} is truncated: zero-byte .metadata; {earlier}"
     present = set(shards)
-    # Strip a leading byte that may be a pickle length prefix that happens to look like a word char.
-    missing = sorted(
-        name
-        for name in {match.decode() for match in SHARD_REFERENCE.findall(metadata)}
-        if name not in present and name[1:] not in present
-    )
+    # name[1:]: a pickle length byte before a long name can itself look like a word character.
+    referenced = {match.decode() for match in SHARD_REFERENCE.findall(metadata)}
+    missing = sorted(name for name in referenced if name not in present and name[1:] not in present)
     if missing:
         return f"{path} is missing shard files named in .metadata: {', '.join(missing)}; {earlier}"
     return None
@@ -383,13 +380,7 @@ def _metadata_json_problem(metadata_json: os.DirEntry) -> str | None:
 
 
 def _warnings(
-    path: Path,
-    entries: Entries,
-    iteration: int | None,
-    tracker: int | None,
-    config: _RunConfig,
-    quiet_seconds: float,
-    now: float | None,
+    path: Path, entries: Entries, iteration: int | None, config: _RunConfig, options: _Options
 ) -> tuple[str, ...]:
     """Things that do not make the checkpoint unusable but that the user should know."""
     warnings = []
@@ -411,20 +402,21 @@ def _warnings(
         )
     if "non_persistent" in path.parts:
         warnings.append("non-persistent checkpoint: training may delete it at any time")
+    tracker = options.tracker
     if tracker is not None and iteration is not None and iteration > tracker:
         warnings.append(
             f"iteration {iteration} is newer than the run's tracker ({TRACKER_TXT} says "
             f"{tracker}): the save may not be finalized, or this is a stale directory"
         )
-    if quiet_seconds > 0:
+    if options.quiet_seconds > 0:  # stat every entry only when asked: that is the costly part
         newest = max(
             [os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()]
         )
-        age = (time.time() if now is None else now) - newest
-        if age < quiet_seconds:
+        age = (time.time() if options.now is None else options.now) - newest
+        if age < options.quiet_seconds:
             warnings.append(
-                f"files were modified {age:.0f}s ago (quiet window {quiet_seconds:g}s): a save "
-                f"may still be running; validate again later"
+                f"files were modified {age:.0f}s ago (quiet window {options.quiet_seconds:g}s): "
+                f"a save may still be running; validate again later"
             )
     return tuple(warnings)
 
@@ -435,16 +427,17 @@ def _warnings(
 def _read_run_config(run_config: os.DirEntry) -> _RunConfig:
     """Read model/peft/checkpoint.ckpt_format from run_config.yaml without PyYAML (stdlib only)."""
     text = _read(run_config)
-    peft = PEFT_KEY.search(text)
     ckpt_format = CKPT_FORMAT_KEY.search(text)
+    peft = PEFT_KEY.search(text)
+    # "peft: null" or "~" means none; any other inline value or an indented block is an adapter.
+    peft_inline = peft is not None and peft.group(1).strip() not in (b"", b"null", b"~")
+    peft_block = peft is not None and peft.group(2) is not None
     return _RunConfig(
         has_model=MODEL_KEY.search(text) is not None,
         ckpt_format=(
             ckpt_format.group(1).strip(b" '\"").decode(errors="replace") if ckpt_format else None
         ),
-        # peft: null / ~ means none; any other inline value or an indented block is an adapter.
-        peft=peft is not None
-        and (peft.group(1).strip() not in (b"", b"null", b"~") or bool(peft.group(2))),
+        peft=peft_inline or peft_block,
     )
 
 
@@ -463,7 +456,7 @@ def _read(entry: os.DirEntry) -> bytes:
         return file.read()
 
 
-def _scan(path: Path) -> dict[str, os.DirEntry]:
+def _scan(path: Path) -> Entries:
     """List a directory once; DirEntry caches type and stat so later checks cost no extra calls."""
     with os.scandir(path) as iterator:
         return {entry.name: entry for entry in iterator}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf._utils import get_omega_conf_dumper
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval.errors import ConfigError
@@ -60,7 +62,9 @@ class EvalConfig:
     dry_run: bool = False
     task_filters: list[str] | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
-    unresolved: DictConfig | None = field(default=None, repr=False)  # to resolve again per checkpoint
+    unresolved: DictConfig | None = field(default=None, repr=False, compare=False)  # to resolve again per checkpoint
+    # True once a second resolution showed the checkpoint path only appears verbatim in the values
+    path_is_text: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -80,10 +84,35 @@ class EvalConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def for_checkpoint(self, checkpoint: Path) -> "EvalConfig":
-        """The same config resolved again with another checkpoint (its interpolations follow it)."""
+        """The same config resolved again with another checkpoint (its interpolations follow it).
+
+        A resolution costs milliseconds, seconds for a thousand checkpoints: once the first one
+        has shown that swapping the path in the resolved values gives the same config, later
+        checkpoints get that swap instead.
+        """
+        path = str(checkpoint.absolute())
+        if self.path_is_text and self.checkpoint_path:
+            return self.with_checkpoint_text(path)
         cfg = self.unresolved.copy()
-        OmegaConf.update(cfg, "deployment.checkpoint_path", str(checkpoint.absolute()), force_add=True)
-        return resolve(self.source, cfg, self.task_filters or ())
+        OmegaConf.update(cfg, "deployment.checkpoint_path", path, force_add=True)
+        config = resolve(self.source, cfg, self.task_filters or ())
+        if self.path_is_text is None and self.checkpoint_path and path != self.checkpoint_path:
+            self.path_is_text = self.with_checkpoint_text(path) == config
+        return config
+
+    def with_checkpoint_text(self, path: str) -> "EvalConfig":
+        """This config with every occurrence of its checkpoint path replaced by `path`."""
+        old = self.checkpoint_path
+
+        def swap(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace(old, path)
+            if isinstance(value, dict):
+                return {key: swap(item) for key, item in value.items()}
+            return [swap(item) for item in value] if isinstance(value, list) else value
+
+        return EvalConfig(self.source, swap(self.launcher), Path(swap(str(self.output_dir))), self.dry_run,
+                          swap(self.task_filters), swap(self.slurm), self.unresolved, self.path_is_text)
 
 
 def builtin_names() -> list[str]:
@@ -279,6 +308,12 @@ def check_launcher_shape(config: EvalConfig) -> None:
         )
     if execution_type not in IN_JOB_EXECUTORS:
         raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
+    if execution_type == "hpc_eval":
+        from hpc_eval.runtime_scripts import RUNTIME_CHOICES
+
+        runtime = launcher["execution"].get("runtime", "auto")
+        if runtime not in RUNTIME_CHOICES:
+            raise ConfigError(f"{source}: execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")
     endpoint = ((launcher.get("target") or {}).get("api_endpoint")) or {}
     if config.serves_checkpoint:
         present = [k for k in ("url", "model_id") if k in endpoint]
@@ -304,7 +339,7 @@ def preflight(config: EvalConfig) -> None:
     import_launcher()
     from nemo_evaluator_launcher.api.functional import filter_tasks
     from nemo_evaluator_launcher.common.config_models import EvaluationModel
-    from nemo_evaluator_launcher.common.mapping import get_task_from_mapping, load_tasks_mapping
+    from nemo_evaluator_launcher.common.mapping import get_task_from_mapping
     from pydantic import ValidationError
 
     evaluation = config.launcher.get("evaluation") or {}
@@ -317,7 +352,7 @@ def preflight(config: EvalConfig) -> None:
     tasks = evaluation.get("tasks") or []
     if not tasks:
         raise ConfigError(f"{config.source}: evaluation.tasks is empty; list at least one task (see `nel ls tasks`)")
-    mapping = load_tasks_mapping()
+    mapping = dict.fromkeys(task_catalogue())  # get_task_from_mapping only looks at the keys
     for index, task in enumerate(tasks):
         if task.get("container"):
             continue  # a custom image brings its own task list; the launcher checks it in the job
@@ -331,6 +366,43 @@ def preflight(config: EvalConfig) -> None:
             filter_tasks(OmegaConf.create(config.launcher), config.task_filters)
         except ValueError as error:
             raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
+
+
+def task_catalogue() -> list[tuple[str, str]]:
+    """The launcher's (harness, task) names, cached per launcher version and catalogue file.
+
+    The launcher parses a 23k-line YAML catalogue (about a second) on every load_tasks_mapping();
+    preflight needs only the names, kept as JSON under $XDG_CACHE_HOME/hpc-eval/ (default
+    ~/.cache/hpc-eval/). An unreadable cache is rebuilt; one that cannot be written is skipped.
+    """
+    import importlib.util
+
+    import nemo_evaluator_launcher
+    from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
+
+    from hpc_eval.store import write_json
+
+    files = [Path(nemo_evaluator_launcher.__file__).parent / "resources" / "all_tasks_irs.yaml"]
+    internal = importlib.util.find_spec("nemo_evaluator_launcher_internal")  # its catalogue overrides
+    if internal and internal.origin:
+        files.append(Path(internal.origin).parent / "resources" / "all_tasks_irs.yaml")
+    stats = [(str(f), s.st_mtime_ns, s.st_size) for f in files if f.exists() for s in [f.stat()]]
+    key = json.dumps([nemo_evaluator_launcher.__version__, stats])
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = cache_root / "hpc-eval" / f"tasks-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return [(harness, task) for harness, task in cached["tasks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, unreadable or stale: parse the catalogue again
+    tasks = list(load_tasks_mapping())  # in the launcher's order: its error messages list choices in it
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key, "tasks": tasks})  # temp file + os.replace
+    except OSError:
+        pass
+    return tasks
 
 
 def unknown_task_hint(name: str, mapping: dict) -> str:
@@ -348,5 +420,6 @@ def save_launcher_config(config: EvalConfig, eval_dir: Path) -> Path:
     launcher = dict(config.launcher)
     launcher["execution"] = {**launcher.get("execution", {}), "output_dir": str(eval_dir)}
     path = eval_dir / "launcher_config.yaml"
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(launcher)))
+    # OmegaConf.to_yaml's own dumper on the plain data: the same text, without building a DictConfig
+    path.write_text(yaml.dump(launcher, Dumper=get_omega_conf_dumper(), default_flow_style=False, allow_unicode=True, sort_keys=False))
     return path

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 from hpc_eval.store import EvalPaths, iter_evaluations
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+# The payload sees the same SIGTERM for scancel and for Slurm's time limit: ask Slurm before trusting it.
+ASK_SLURM_SUMMARY_STATES = {"CANCELLED"}
 # Ended by the cluster, not by the evaluation or a user: worth submitting again.
 RETRYABLE_STATES = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
 LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT"}
@@ -66,7 +68,12 @@ def reconcile(evaluations: list[EvalPaths]) -> list[EvaluationStatus]:
 
 
 def summary_is_final(summary: dict | None, attempt: dict) -> bool:
-    return bool(summary) and summary.get("state") in FINAL_SUMMARY_STATES and summary.get("slurm_job_id") == attempt["slurm_job_id"]
+    return (summary_is_for(summary, attempt) and summary.get("state") in FINAL_SUMMARY_STATES
+            and summary.get("state") not in ASK_SLURM_SUMMARY_STATES)
+
+
+def summary_is_for(summary: dict | None, attempt: dict) -> bool:
+    return bool(summary) and summary.get("slurm_job_id") == attempt["slurm_job_id"]
 
 
 def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict | None,
@@ -84,6 +91,9 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
         state, elapsed, reason = ended[job_id].state, ended[job_id].elapsed, ended[job_id].reason
         if summary and summary.get("slurm_job_id") == job_id and summary.get("reason"):
             reason = summary["reason"]
+    elif summary_is_for(summary, attempts[-1]) and summary.get("state") in ASK_SLURM_SUMMARY_STATES:
+        state, reason = summary["state"], summary.get("reason", "")  # Slurm no longer knows the job
+        elapsed = format_seconds(summary.get("duration_s"))
     else:
         state = "UNKNOWN"
     return EvaluationStatus(

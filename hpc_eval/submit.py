@@ -203,8 +203,9 @@ def submit(evaluations: list[PlannedEvaluation], settings: dict[str, Any], *, ar
         chunk = min(settings["max_array_size"] or cluster_limit, cluster_limit)
         for start in range(0, len(evaluations), chunk):
             part = evaluations[start:start + chunk]
-            folder = array_folder_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}"
-            executor = make_executor(folder, settings, f"hpc-eval:{part[0].run}:{len(part)}ckpts")
+            array_folder_root.mkdir(parents=True, exist_ok=True)  # mkdtemp: unique even for two submissions in one second
+            folder = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}-", dir=array_folder_root))
+            executor = make_executor(folder, settings, array_label(part))
             write_json_manifest(folder, part)
             with outer_job_hidden(), submit_errors():
                 jobs = executor.map_array(Evaluation(), [str(ev.paths.root) for ev in part])
@@ -246,6 +247,10 @@ def job_label(evaluation: PlannedEvaluation) -> str:
     return f"hpc-eval:{evaluation.run}:{evaluation.paths.root.parent.name}"
 
 
+def array_label(part: list[PlannedEvaluation]) -> str:
+    return f"hpc-eval:{part[0].run}:{len(part)}ckpts"
+
+
 def dry_run_dir() -> Path:
     """Where --dry-run saves launcher configs: a temp dir, so that nothing is claimed."""
     return Path(tempfile.mkdtemp(prefix="hpc-eval-dry-run-"))
@@ -255,7 +260,8 @@ def sbatch_preview(settings: dict[str, Any], evaluations: list[PlannedEvaluation
     """The sbatch script submitit would write (one job, or the array), for --dry-run."""
     from submitit.slurm.slurm import _make_sbatch_string  # submitit renders its script here
 
-    executor = make_executor(folder, settings, job_label(evaluations[0]) if evaluations else "hpc-eval")
+    label = job_label(evaluations[0]) if len(evaluations) == 1 else array_label(evaluations) if evaluations else "hpc-eval"
+    executor = make_executor(folder, settings, label)
     parameters = dict(executor.parameters)
     if len(evaluations) > 1:
         parameters["map_count"] = len(evaluations)

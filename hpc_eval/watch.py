@@ -18,6 +18,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import EvalPaths, completed_index, eval_dir, run_of
-from hpc_eval.submit import PlannedEvaluation, prepare, submit
+from hpc_eval.submit import PlannedEvaluation, prepare, require_slurm, submit, write_request
 
 STALE_CLAIM_S = 300  # a pass takes seconds between mkdir and sbatch; five minutes means it died
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
@@ -115,22 +116,49 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
             continue
         paths = EvalPaths(eval_dir(config.output_dir, run, run_dir / name, config_hash))
         if paths.root.is_dir():
-            unfinished.append(paths)
+            unfinished.append((paths, name, iteration))
             continue
-        verdict = ckpt.validate(run_dir / name, quiet_seconds=options.quiet_seconds)
-        if verdict.ok:
+        verdict = ckpt.validate(run_dir / name)
+        busy = quiet_problem(run_dir / name, options.quiet_seconds) if verdict.ok else ""
+        if verdict.ok and not busy:
             candidates.append(Candidate(paths, run, run_dir / name, iteration))
         else:
-            result.actions.append(Action(run, iteration, str(run_dir / name), "waiting", verdict.reason or ""))
-    for row, paths in zip(reconcile(unfinished), unfinished):
+            result.actions.append(Action(run, iteration, str(run_dir / name), "waiting", verdict.reason or busy))
+    # reconcile() sorts its rows: match them to the evaluations by directory, never by position
+    rows = {row.eval_dir: row for row in reconcile([paths for paths, _, _ in unfinished])}
+    for paths, name, iteration in unfinished:
+        row = rows[str(paths.root)]
         if row.state == "COMPLETED":
             index.mkdir(parents=True, exist_ok=True)
             (index / paths.root.parent.name).touch()
             continue
-        why = retry_reason(row.state, row.attempts, row.created_at, options)
+        why = retry_reason(row.state, row.attempts, row.created_at or mtime_iso(paths.root), options)
         if why:
-            candidates.append(Candidate(paths, run, Path(paths.read_request().get("checkpoint") or run_dir), row.iteration or 0, retry=True, detail=why))
+            candidates.append(Candidate(paths, run, run_dir / name, iteration, retry=True, detail=why))
     return candidates
+
+
+def quiet_problem(checkpoint: Path, quiet_seconds: float) -> str:
+    """Why a complete checkpoint is not yet quiet (a file directly in it changed recently), or ""."""
+    if quiet_seconds <= 0:
+        return ""
+    try:
+        with os.scandir(checkpoint) as entries:
+            newest = max([os.stat(checkpoint).st_mtime] + [entry.stat(follow_symlinks=False).st_mtime for entry in entries])
+    except OSError as error:  # a file vanished while we looked: it is still changing
+        return f"files are changing ({error.strerror}); next pass"
+    age = time.time() - newest
+    if age >= quiet_seconds:
+        return ""
+    return f"files changed {age:.0f} s ago (quiet window {quiet_seconds:g} s): the save may still be running; next pass"
+
+
+def mtime_iso(path: Path) -> str:
+    """When a claim without request.json was made: its directory's mtime (the pass died right after mkdir)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
+    except OSError:
+        return ""
 
 
 def retry_reason(state: str, attempts: int, created_at: str, options: WatchOptions) -> str:
@@ -149,7 +177,7 @@ def retry_reason(state: str, attempts: int, created_at: str, options: WatchOptio
 
 def parse_time(text: str) -> float:
     try:
-        return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except (ValueError, TypeError):
         return 0.0  # no request.json: a claim that died before it wrote one
 
@@ -157,10 +185,13 @@ def parse_time(text: str) -> float:
 def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, Any], result: PassResult) -> None:
     """Claim every candidate, then submit the claimed ones as one array."""
     preflight(config_for(chosen[0].checkpoint))
+    require_slurm()  # before any claim: a pass that cannot submit must not claim
     ready: list[PlannedEvaluation] = []
     for item in chosen:
         planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration)
         claimed = claim_retry(item) if item.retry else prepare(config_for(item.checkpoint), planned)
+        if claimed and item.retry and not (item.paths.request.exists() and item.paths.launcher_config.exists()):
+            write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them
         if claimed:
             ready.append(planned)
         else:
@@ -187,11 +218,19 @@ def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, A
 def claim_retry(item: Candidate) -> bool:
     """A second pass retrying the same evaluation loses this mkdir."""
     attempt = len(item.paths.read_attempts()) + 1
-    try:
-        (item.paths.root / f".attempt-{attempt}").mkdir()
-    except FileExistsError:
-        return False
-    return True
+    for stale in range(1000):
+        marker = item.paths.root / (f".attempt-{attempt}" + (f".{stale}" if stale else ""))
+        try:
+            marker.mkdir()
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - marker.stat().st_mtime < STALE_CLAIM_S:
+                    return False  # another pass is submitting it now
+            except FileNotFoundError:
+                pass
+            # that retry's pass died (or its sbatch failed) without recording an attempt: take the next name
+    return False
 
 
 def iter_names(run_dir: Path) -> list[tuple[str, int]]:

@@ -1,0 +1,239 @@
+"""How the hpc_eval executor runs one task in each runtime: its plan, commands and driver script.
+
+`plan_task` computes what the local executor computes for a task (image, env-var names, mounts,
+the launcher's in-container command, the model server and its health URL) and the one command
+line that starts the server and the client in the chosen runtime (templates/runtime-commands.sh.j2);
+`render_script` fills templates/runtime-run.sh.j2 with the plans. Nothing here starts anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from hpc_eval.config import BUILTIN_CONFIGS
+
+RUNTIMES = ("docker", "pyxis", "apptainer", "host")  # also the order `auto` tries them in
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+TEMPLATES = BUILTIN_CONFIGS.parent / "templates"
+ARTIFACTS = "$artifacts_dir"  # the task's artifacts dir as the driver script names it
+
+
+@dataclass(frozen=True)
+class Options:
+    """The `execution` keys this executor reads: the local executor's, plus `runtime`."""
+
+    runtime: str = "auto"
+    sequential: bool = True
+    readiness_timeout: int = 600
+    extra_docker_args: str = ""
+    mount_home: bool = False  # as --no-container-mount-home / --no-home unless asked for
+    deployment_mounts: dict = field(default_factory=dict)
+    evaluation_mounts: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Options":
+        execution, mounts = cfg.execution, cfg.execution.get("mounts") or {}
+        mode = execution.get("mode", "sequential")
+        if mode not in ("sequential", "parallel"):
+            raise ValueError(f"unknown execution mode: {mode!r}. Choose one of ['parallel', 'sequential']")
+        if mode == "parallel" and cfg.deployment.type != "none":
+            raise ValueError(f"Execution mode 'parallel' is not supported with deployment type: {cfg.deployment.type}. Use 'sequential' instead.")
+        runtime = execution.get("runtime", "auto")
+        if runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")
+        return cls(runtime, mode == "sequential", int(execution.get("endpoint_readiness_timeout") or 600),
+                   str(execution.get("extra_docker_args") or ""), bool(mounts.get("mount_home", False)),
+                   dict(mounts.get("deployment") or {}), dict(mounts.get("evaluation") or {}))
+
+    @property
+    def docker_network_given(self) -> bool:
+        return bool(re.search(r"--net(work)?\b", self.extra_docker_args))
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount: a host path (or ARTIFACTS) at a container path."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def spec(self) -> str:
+        source = f'"{ARTIFACTS}"' if self.source == ARTIFACTS else shlex.quote(self.source)
+        return f"{source}:{shlex.quote(self.target + (':ro' if self.read_only else ''))}"
+
+
+def host_paths(mounts: list[Mount], artifacts: Path) -> dict[str, str]:
+    """Container path -> real path, for the host runtime."""
+    return {m.target: str(artifacts) if m.source == ARTIFACTS else m.source for m in mounts}
+
+
+def map_container_paths(value: Any, paths: dict[str, str]) -> Any:
+    """`value` (a string, or lists and dicts of them) with each container path replaced by its real one."""
+    if isinstance(value, dict):
+        return {key: map_container_paths(item, paths) for key, item in value.items()}
+    if isinstance(value, list):
+        return [map_container_paths(item, paths) for item in value]
+    if not isinstance(value, str):
+        return value
+    for target, real in paths.items():  # whole path components only: /results/x, not /results2
+        value = re.sub(rf"(?<![\w./-]){re.escape(target)}(?![\w.-])", lambda _: real, value)
+    return value
+
+
+def launch_command(runtime: str, role: str, image: str, mounts: list[Mount], env_names: list[str],
+                   options: Options, port: Any = None) -> str:
+    """The one shell command that starts the model server (role "server") or the client in `runtime`."""
+    macros = templates().get_template("runtime-commands.sh.j2").module
+    return str(macros.launch(runtime, role, image, [mount.spec() for mount in mounts], env_names, options, port))
+
+
+@functools.lru_cache(maxsize=None)
+def templates():
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                                     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment.filters["q"] = lambda value: shlex.quote(str(value))
+    environment.filters["apptainer_image"] = apptainer_image
+    return environment
+
+
+def apptainer_image(image: str) -> str:
+    """A registry image as docker://IMAGE; a .sif (or any path or URI) as given."""
+    local = image.endswith(".sif") or image.startswith(("/", "./")) or "://" in image
+    return shlex.quote(image if local else f"docker://{image}")
+
+
+def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path, invocation_id: str,
+              options: Options, *, with_command: bool = True) -> dict[str, Any]:
+    """What the driver script needs for one task, computed as the local executor does."""
+    from nemo_evaluator_launcher.common.env_vars import collect_eval_env_vars
+    from nemo_evaluator_launcher.common.helpers import get_api_key_name, get_timestamp_string, get_unique_task_name, is_local_image_path
+    from nemo_evaluator_launcher.common.mapping import get_task_definition_for_job
+
+    definition = get_task_definition_for_job(task_query=task.name, base_mapping=mapping,
+                                             container=task.get("container"), endpoint_type=task.get("endpoint_type"))
+    image = task.get("container") or definition["container"]
+    mounts = [Mount(ARTIFACTS, "/results")] + [Mount(str(src), str(dst)) for src, dst in options.evaluation_mounts.items()]
+    env_names = sorted({*collect_eval_env_vars(cfg, task, get_api_key_name(cfg)), "ADAPTER_PORT"})  # set by the script
+    dataset_env = None
+    if task.get("dataset_dir"):
+        mounts.append(Mount(str(task.dataset_dir), task.get("dataset_mount_path", "/datasets")))
+        dataset_env = str(task.dataset_dir) if runtime == "host" else mounts[-1].target
+        env_names = sorted({*env_names, "NEMO_EVALUATOR_DATASET_DIR"})
+    stamp = get_timestamp_string()
+    plan = {
+        "name": task.name, "uname": get_unique_task_name(task.name, index), "job_id": f"{invocation_id}.{index}",
+        "dir": str(task_dir), "image": image, "container": f"client-{task.name}-{stamp}", "env_names": env_names,
+        "unlisted": bool(definition.get("is_unlisted")) and not is_local_image_path(image), "dataset_env": dataset_env,
+        "launch": launch_command(runtime, "client", image, [] if runtime == "host" else mounts, env_names, options),
+        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options) if cfg.deployment.type != "none" else None,
+        "secrets": False, "reexport": "", "eval_command": "", "debug": "", "unsafe": False,
+    }
+    if with_command:
+        built, plan["eval_command"] = eval_factory_command(cfg, task, definition, runtime, host_paths(mounts, task_dir / "artifacts"))
+        plan.update(debug=built.debug, unsafe=built.is_potentially_unsafe)
+    return plan
+
+
+def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp: str, options: Options) -> dict[str, Any]:
+    """The model server: the local executor's mounts and env, its health URL; the Slurm layout's /results."""
+    from nemo_evaluator_launcher.common.env_vars import collect_deployment_env_vars
+    from nemo_evaluator_launcher.common.helpers import get_endpoint_url, get_health_url
+
+    deployment = cfg.deployment
+    mounts = [Mount(ARTIFACTS, "/results")] if runtime in ("pyxis", "apptainer") else []
+    if deployment.get("checkpoint_path"):
+        mounts.append(Mount(str(deployment.checkpoint_path), "/checkpoint", read_only=True))
+    if deployment.get("cache_path"):
+        mounts.append(Mount(str(deployment.cache_path), "/cache"))
+    mounts += [Mount(str(src), str(dst)) for src, dst in options.deployment_mounts.items()]
+    env_names = sorted(collect_deployment_env_vars(cfg))
+    command = str(deployment.command)
+    if runtime == "host":
+        command = map_container_paths(command, host_paths(mounts + [Mount(ARTIFACTS, "/results")], task_dir / "artifacts"))
+    return {
+        "image": str(deployment.get("image")), "port": deployment.port, "env_names": env_names, "command": command,
+        "container": f"server-{task.name}-{stamp}", "reexport": "",
+        "health_url": get_health_url(cfg, get_endpoint_url(cfg, {}, definition["endpoint_type"])),
+        "launch": launch_command(runtime, "server", str(deployment.get("image")), [] if runtime == "host" else mounts,
+                                 env_names, options, deployment.port),
+    }
+
+
+def eval_factory_command(cfg, task, definition: dict, runtime: str, paths: dict[str, str]) -> tuple[Any, str]:
+    """The launcher's in-container command (and its readable form), as the runtime runs it.
+
+    On the host, /results and the other mount targets in the evaluation config become real paths,
+    and user_config_path is dropped: the launcher would copy the YAML into /results."""
+    from nemo_evaluator_launcher.common.helpers import get_eval_factory_command
+
+    if runtime != "host":
+        built = get_eval_factory_command(cfg, task, definition)
+        # as the local executor: results readable by the user whatever uid the container ran as
+        return built, f'{built.cmd} ; exit_code=$?; chmod 777 -R /results; exit "$exit_code"'
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("user_config_path", None)
+    evaluation = plain["evaluation"]
+    evaluation["nemo_evaluator_config"] = map_container_paths(evaluation.get("nemo_evaluator_config") or {}, paths)
+    host_task = map_container_paths(OmegaConf.to_container(task, resolve=True), paths)
+    config = host_task.setdefault("nemo_evaluator_config", {}).setdefault("config", {})
+    config.setdefault("output_dir", evaluation["nemo_evaluator_config"].get("config", {}).get("output_dir", paths["/results"]))
+    built = get_eval_factory_command(OmegaConf.create(plain), OmegaConf.create(host_task), definition)
+    return built, built.cmd
+
+
+def add_secrets(cfg, task, plan: dict[str, Any]) -> None:
+    """Write .secrets.env (resolved values, mode 600) and the re-export lines, as the local executor."""
+    from nemo_evaluator_launcher.common.env_vars import (build_reexport_commands, collect_deployment_env_vars,
+                                                         collect_eval_env_vars, collect_exporters_env_vars, generate_secrets_env)
+    from nemo_evaluator_launcher.common.helpers import get_api_key_name
+
+    groups = {plan["uname"]: collect_eval_env_vars(cfg, task, get_api_key_name(cfg)), "export": collect_exporters_env_vars(cfg)}
+    if plan["server"]:
+        groups["deployment"] = collect_deployment_env_vars(cfg)
+    groups = {name: env for name, env in groups.items() if env}
+    if not groups:
+        return
+    result = generate_secrets_env(groups)
+    secrets = Path(plan["dir"]) / ".secrets.env"
+    secrets.touch(mode=0o600)
+    secrets.write_text(result.secrets_content)
+    plan.update(secrets=True, reexport=build_reexport_commands(plan["uname"], result))
+    if plan["server"]:
+        plan["server"]["reexport"] = build_reexport_commands("deployment", result)
+
+
+def render_script(tasks: list[dict], runtime: str, reason: str, invocation_id: str, options: Options) -> str:
+    return templates().get_template("runtime-run.sh.j2").render(
+        tasks=tasks, runtime=runtime, reason=reason, invocation_id=invocation_id,
+        readiness_timeout=options.readiness_timeout, python=sys.executable, python_bin=Path(sys.executable).parent)
+
+
+def task_commands(launcher: dict[str, Any], runtime: str) -> list[dict[str, Any]]:
+    """Per task, the lines the driver script would run in `runtime`; no directory, no secret resolved."""
+    from hpc_eval.launcher import import_launcher
+
+    import_launcher()
+    from nemo_evaluator_launcher.common.helpers import get_unique_task_name
+    from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
+
+    cfg = OmegaConf.create(launcher)
+    options, mapping, found = Options.from_config(cfg), load_tasks_mapping(), []
+    invocation_dir = Path(cfg.execution.output_dir).absolute() / "<YYYYmmdd_HHMMSS>-<invocation_id>"
+    for index, task in enumerate(cfg.evaluation.tasks):
+        task_dir = invocation_dir / get_unique_task_name(task.name, index)
+        plan = plan_task(cfg, task, index, runtime, mapping, task_dir, "<invocation_id>", options, with_command=False)
+        server = plan["server"] or {}
+        found.append({"task": task_dir.name, "task_dir": str(task_dir), "client": plan["launch"], "server": server.get("launch"),
+                      "server_command": server.get("command"), "health_url": server.get("health_url")})
+    return found

@@ -1,0 +1,312 @@
+"""Shared test fixtures.
+
+The rule for every fixture here: replace only what cannot exist on a development or CI machine,
+and only at a process boundary. Slurm is real (scripts/start-slurm.sh); the model server is a
+stub HTTP server (scripts/fake_openai.py); the docker daemon is a stand-in command on PATH
+(scripts/docker-standin/docker); counters wrap real commands and still run them.
+
+Sections (others may add their own below, in clearly named fixtures):
+  * session set-up          pytest_configure
+  * the local Slurm         slurm_cluster (+ the `slurm` marker uses it automatically)
+  * the stub model server   start_stub (factory), stub_server
+  * the docker stand-in     docker_standin
+  * command counters        count_calls (factory), count_sbatch
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+START_SLURM_HINT = "local Slurm is not running: start it with `bash scripts/start-slurm.sh`"
+
+
+# ------------------------------------------------------------------------- session set-up
+def pytest_configure(config):
+    """Runs before any test module (and so the launcher) is imported.
+
+    The launcher reads NEMO_EVALUATOR_EXEC_DB_FILE and the telemetry level at import time.
+    Tests must neither send telemetry nor write into the user's ~/.nemo-evaluator exec DB.
+    HOME is left alone on purpose: Slurm jobs inherit the environment, and a moved HOME
+    changes where docker, pip and the launcher look for their own files.
+    """
+    os.environ["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
+    session_dir = tempfile.mkdtemp(prefix="hpc-eval-tests-")
+    config._hpc_eval_session_dir = session_dir
+    os.environ["NEMO_EVALUATOR_EXEC_DB_FILE"] = os.path.join(session_dir, "exec-db.v1.jsonl")
+    config.addinivalue_line("markers", "slurm: needs the real local Slurm (scripts/start-slurm.sh)")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end tests that run a real evaluation (still run in CI)"
+    )
+
+
+def pytest_unconfigure(config):
+    session_dir = getattr(config, "_hpc_eval_session_dir", None)
+    if session_dir:
+        shutil.rmtree(session_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- the local Slurm
+@dataclass(frozen=True)
+class SlurmCluster:
+    """What the running local cluster offers (read from Slurm itself)."""
+
+    node: str
+    cpus: int
+    gpus: int
+    max_array_size: int
+    partitions: tuple[str, ...]
+
+
+def _run_quietly(argv: list[str], timeout: float = 15.0) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, str(exc)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _probe_slurm() -> tuple[SlurmCluster | None, str]:
+    """(cluster, "") when the local Slurm answers and can run jobs, else (None, why not)."""
+    for command in ("sinfo", "sbatch", "sacct", "scontrol"):
+        if shutil.which(command) is None:
+            return None, f"`{command}` is not on PATH"
+    rc, out = _run_quietly(["sinfo", "-h", "-N", "-o", "%N|%t|%c|%G|%P"])
+    if rc != 0:
+        return None, f"sinfo failed: {out.strip()[:300]}"
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 4]
+    if not rows:
+        return None, "sinfo lists no node"
+    states = {row[1] for row in rows}
+    if not states & {"idle", "mix", "alloc"}:
+        return None, f"node state is {', '.join(sorted(states))}, not idle/mix/alloc"
+    rc, out = _run_quietly(["sacct", "-n", "-X", "-o", "JobID"])
+    if rc != 0:
+        return None, f"sacct failed (no accounting?): {out.strip()[:300]}"
+    rc, out = _run_quietly(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    gpus = 0
+    for gres in rows[0][3].split(","):
+        gpu = re.match(r"gpu(?::[^:(]+)?:(\d+)", gres)
+        if gpu:
+            gpus += int(gpu.group(1))
+    return (
+        SlurmCluster(
+            node=rows[0][0],
+            cpus=int(rows[0][2]),
+            gpus=gpus,
+            max_array_size=int(match.group(1)) if match else 1001,
+            partitions=tuple(dict.fromkeys(row[4].rstrip("*") for row in rows)),
+        ),
+        "",
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> SlurmCluster:
+    """The real local Slurm cluster. Skips the test when it is not running, with how to start
+    it; with HPC_EVAL_REQUIRE_SLURM=1 (set by .ci/run) it fails instead, so CI cannot skip."""
+    cluster, why = _probe_slurm()
+    if cluster is None:
+        message = f"{START_SLURM_HINT} ({why})"
+        if os.environ.get("HPC_EVAL_REQUIRE_SLURM") == "1":
+            pytest.fail(f"HPC_EVAL_REQUIRE_SLURM=1: {message}", pytrace=False)
+        pytest.skip(message)
+    return cluster
+
+
+@pytest.fixture(autouse=True)
+def _slurm_marker_uses_slurm_cluster(request):
+    """Every test marked @pytest.mark.slurm gets the slurm_cluster check (skip or fail)."""
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm_cluster")
+
+
+# ------------------------------------------------------------------------- stub model server
+@dataclass
+class StubServer:
+    """A running scripts/fake_openai.py. url is the base URL (no /v1)."""
+
+    url: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def request_log(self) -> list[dict]:
+        """Every request received so far, oldest first: {"t", "method", "path", "body"}
+        (the stub's LOG file; a POST is logged when it arrives, before any DELAY_S)."""
+        import json
+
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def requests(self) -> int:
+        """How many requests (any method, any path) the stub has received so far."""
+        return len(self.request_log())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def start_stub(tmp_path):
+    """Factory: start_stub(reply=None, delay_s=None, model_id=None) -> StubServer.
+
+    Each call starts scripts/fake_openai.py on a free port of 127.0.0.1 (port 0), with the
+    interpreter running the tests; all are stopped (SIGTERM by PID) after the test."""
+    started: list[StubServer] = []
+
+    def start(
+        reply: str | None = None, delay_s: float | None = None, model_id: str | None = None
+    ) -> StubServer:
+        index = len(started)
+        log_path = tmp_path / f"stub-{index}.requests.jsonl"
+        env = dict(os.environ, LOG=str(log_path))
+        for name, value in (("REPLY", reply), ("DELAY_S", delay_s), ("MODEL_ID", model_id)):
+            if value is not None:
+                env[name] = str(value)
+        stderr = open(tmp_path / f"stub-{index}.stderr", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "fake_openai.py"), "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        stderr.close()
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        line = proc.stdout.readline() if ready else ""
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            proc.kill()
+            proc.wait()
+            err = (tmp_path / f"stub-{index}.stderr").read_text(errors="replace")
+            raise RuntimeError(f"fake_openai.py did not start: {line!r} {err[-2000:]}")
+        port = int(match.group(1))
+        stub = StubServer(url=f"http://127.0.0.1:{port}", port=port, log_path=log_path, proc=proc)
+        started.append(stub)
+        return stub
+
+    yield start
+    for stub in started:
+        stub.stop()
+
+
+@pytest.fixture
+def stub_server(start_stub) -> StubServer:
+    """One stub model server with the default reply."""
+    return start_stub()
+
+
+# ------------------------------------------------------------------------- docker stand-in
+@pytest.fixture
+def docker_standin(tmp_path) -> dict[str, str]:
+    """Environment variables that make `docker` the stand-in (scripts/docker-standin/docker).
+
+    Put them into os.environ (monkeypatch.setenv) or a subprocess env. "Images" run in this
+    interpreter's environment (DOCKER_STANDIN_VENV=sys.prefix); state and an invocation log
+    go under tmp_path. The `docker` put on PATH is a one-line wrapper that execs the stand-in
+    with the interpreter running the tests, so the stand-in's process is the PID the caller
+    sees, whatever `python3` is first on PATH."""
+    bin_dir = tmp_path / "docker-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "docker"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{SCRIPTS / "docker-standin" / "docker"}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DOCKER_STANDIN_VENV": sys.prefix,
+        "DOCKER_STANDIN_STATE": str(tmp_path / "docker-standin"),
+        "DOCKER_STANDIN_LOG": str(tmp_path / "docker-standin.log"),
+    }
+
+
+# ------------------------------------------------------------------------- command counters
+@dataclass
+class CallCounter:
+    """Counts the calls of one real command through a wrapper first on PATH."""
+
+    command: str
+    calls_file: Path
+    env: dict[str, str]
+
+    def calls(self) -> list[str]:
+        """One shell-quoted argument line per call, oldest first."""
+        if not self.calls_file.exists():
+            return []
+        return self.calls_file.read_text().splitlines()
+
+    def count(self) -> int:
+        return len(self.calls())
+
+
+@pytest.fixture
+def count_calls(tmp_path, monkeypatch):
+    """Factory: count_calls("sacct") -> CallCounter.
+
+    Puts a wrapper named like the command first on PATH (os.environ, via monkeypatch, so
+    in-process code such as submitit sees it; `.env` has the PATH for subprocess envs). The
+    wrapper appends one line to a calls file and then execs the real command: a process-
+    boundary counter, not a mock. Slurm jobs inherit PATH, so calls from inside jobs count too."""
+    bin_dir = tmp_path / "counted-bin"
+    counters: dict[str, CallCounter] = {}
+
+    def count(command: str) -> CallCounter:
+        if command in counters:
+            return counters[command]
+        real = shutil.which(
+            command, path=os.environ.get("PATH", "").replace(f"{bin_dir}{os.pathsep}", "")
+        )
+        if real is None:
+            raise RuntimeError(f"cannot count `{command}`: not on PATH")
+        bin_dir.mkdir(exist_ok=True)
+        calls_file = tmp_path / f"calls-{command}.txt"
+        wrapper = bin_dir / command
+        wrapper.write_text(
+            "#!/bin/bash\n"
+            f"# counts calls of {real} for a test, then runs it\n"
+            "line=$(printf '%q ' \"$@\")\n"
+            f"printf '%s\\n' \"$line\" >> '{calls_file}'   # one write: safe for concurrent calls\n"
+            f"exec '{real}' \"$@\"\n"
+        )
+        wrapper.chmod(0o755)
+        path = os.environ.get("PATH", "")
+        if not path.startswith(f"{bin_dir}{os.pathsep}"):
+            monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{path}")
+        counters[command] = CallCounter(command, calls_file, {"PATH": os.environ["PATH"]})
+        return counters[command]
+
+    return count
+
+
+@pytest.fixture
+def count_sbatch(count_calls) -> CallCounter:
+    """Counts real `sbatch` calls (see count_calls)."""
+    return count_calls("sbatch")
