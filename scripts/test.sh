@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# test.sh [PYTEST ARGS...]: set up (scripts/setup.sh) and run the whole test suite, Slurm tests
+# against the real local Slurm. Exits non-zero when a test fails or when no test ran.
+# HPC_EVAL_FRESH_SLURM=1 starts Slurm from a wiped state (CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh ${HPC_EVAL_FRESH_SLURM:+--fresh}
+rc=0
+.venv/bin/python -m pytest -q "$@" || rc=$?
+[ "$rc" != 5 ] || { echo "[test] pytest collected no tests: that is a failure" >&2; rc=1; }
+exit "$rc"
