@@ -147,6 +147,8 @@ def print_submit_result(result, output_dir) -> None:
         if evaluation.action == "skip":
             click.echo(f"skip: {evaluation.checkpoint or evaluation.run}: {evaluation.reason}")
     for evaluation in result.to_submit:
+        if result.dry_run:
+            click.echo(f"submit: {evaluation.checkpoint or evaluation.run}")
         click.echo(f"launcher_config: {evaluation.paths.launcher_config}")
     if result.dry_run:
         count = len(result.to_submit)

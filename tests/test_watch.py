@@ -1,8 +1,8 @@
 """Issue 6: `hpc-eval watch` evaluates each new checkpoint exactly once (real local Slurm).
 
 Most jobs use the launcher's own dry run (`dry_run=true`: the real payload and run_eval write
-scripts and a summary.json in 2-3 s); the retry test runs a real bfcl evaluation against a slow
-stub model so that Slurm's time limit ends it.
+scripts and a summary.json in 2-3 s); the time-limit tests run a real bfcl evaluation against a
+slow stub model so that the time limit ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fakeckpt import iter_name, make_iter, make_run, write_tracker
-from slurm_helpers import CONFIGS, hpc_eval, wait_for_state, wait_until_gone_from_queue
+from slurm_helpers import CONFIGS, hpc_eval, wait_for_state
 
 pytestmark = pytest.mark.slurm
 
@@ -99,7 +99,6 @@ def task_of(output: str, step: int) -> str:
 # ------------------------------------------------------------------ new checkpoints, once each
 
 
-@pytest.mark.slow
 def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, count_sbatch):
     run = make_run(tmp_path / "train" / "checkpoints", [1000, 2000])
     make_quiet(run)
@@ -129,6 +128,8 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
     third = watch(run, out, quiet=60)
     assert third.exit_code == 0, third.output
     assert steps(third.output, "waiting") == [4000] and steps(third.output, "submitted") == []
+    ((_, _, _, why),) = [a for a in actions(third.output) if a[0] == "waiting"]
+    assert "quiet window 60 s" in why, why
     assert count_sbatch.count() == 2 and not (out / "train" / iter_name(4000)).exists()
 
     make_quiet(run / iter_name(4000))  # a minute later
@@ -151,24 +152,48 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
     assert sorted(os.listdir(index)) == [iter_name(step) for step in (1000, 2000, 3000, 4000)]
 
 
-def test_eight_simultaneous_passes_submit_each_checkpoint_once(tmp_path, count_sbatch):
-    run = make_run(tmp_path / "train" / "checkpoints", [1000, 2000, 3000, 4000, 5000])
+@pytest.mark.parametrize("overlap", ["same-dirs", "overlapping-dirs"])
+def test_eight_simultaneous_passes_submit_each_checkpoint_once(tmp_path, count_sbatch, overlap):
+    """Same dirs: the per-directory lock lets one pass work (the others exit 75). Overlapping
+    dirs (two login nodes' crontabs watching [a] and [a, b]): different locks, so passes scan
+    at once and the mkdir claims alone keep each checkpoint to one submission."""
+    run = make_run(tmp_path / "a" / "checkpoints", [1000, 2000, 3000, 4000, 5000])
+    other = make_run(tmp_path / "b" / "checkpoints", [1000, 2000])
     make_quiet(run)
+    make_quiet(other)
     out = tmp_path / "out"
-    command = [str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "60"]
-    passes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+    commands = []
+    for index in range(8):
+        dirs = [str(run)] if overlap == "same-dirs" or index % 2 else [str(run), str(other)]
+        commands.append([str(HPC_EVAL), "watch", *dirs, *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "60"])
+    passes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for command in commands]
     outputs = [proc.communicate(timeout=180)[0] for proc in passes]
     codes = [proc.returncode for proc in passes]
     assert set(codes) <= {0, 75} and 0 in codes, list(zip(codes, outputs))
     for code, output in zip(codes, outputs):
         if code == 75:
             assert output.strip() == "another pass is running for these directories; nothing done", output
-    submitted = sorted(step for output in outputs for step in steps(output, "submitted"))
-    assert submitted == [1000, 2000, 3000, 4000, 5000], outputs
-    assert count_sbatch.count() == 1, count_sbatch.calls()
-    found = evaluations(out)
-    assert sorted(found) == [1000, 2000, 3000, 4000, 5000]
-    assert all(len(dirs) == 1 and len(attempts(dirs[0])) == 1 for dirs in found.values()), found
+    submitted = sorted((where.split("/")[-3], step) for output in outputs for verb, step, where, _ in actions(output) if verb == "submitted")
+    expected = [("a", step) for step in (1000, 2000, 3000, 4000, 5000)] + ([("b", 1000), ("b", 2000)] if overlap != "same-dirs" else [])
+    assert submitted == sorted(expected), outputs
+    if overlap == "same-dirs":
+        assert count_sbatch.count() == 1, count_sbatch.calls()
+    records = sorted(out.glob("*/iter_*/*/slurm.json"))
+    assert len(records) == len(expected) and all(len(attempts(record.parent)) == 1 for record in records)
+
+
+def test_a_pass_skips_what_submit_already_evaluated(tmp_path, count_sbatch):
+    """`submit --all` now, `watch` from cron later: the same config is the same evaluation."""
+    run = make_run(tmp_path / "train" / "checkpoints", [1000, 2000])
+    make_quiet(run)
+    out = tmp_path / "out"
+    submitted = hpc_eval("submit", *DRY_KEY, "--checkpoint", run, "--all", "--output-dir", out)
+    assert submitted.exit_code == 0 and count_sbatch.count() == 1, submitted.output
+    make_iter(run, 3000)
+    make_quiet(run / iter_name(3000))
+    result = watch(run, out)
+    assert result.exit_code == 0 and [(verb, step) for verb, step, _, _ in actions(result.output)] == [("submitted", 3000)], result.output
+    assert count_sbatch.count() == 2 and sorted(evaluations(out)) == [1000, 2000, 3000]
 
 
 def test_a_changed_eval_config_submits_again(tmp_path, count_sbatch):
@@ -191,48 +216,104 @@ def test_a_changed_eval_config_submits_again(tmp_path, count_sbatch):
 # ------------------------------------------------------------------ retries
 
 
-@pytest.mark.slow
-def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_path, monkeypatch, start_stub, docker_standin, count_calls):
-    stub = start_stub(reply=BFCL_REPLY, delay_s=30)  # 4 samples: two minutes, the time limit is one
+@pytest.fixture
+def slow_real_eval(monkeypatch, start_stub, docker_standin, count_calls):
+    """(config args, sbatch counter) for a real bfcl evaluation that outlives a one-minute time
+    limit (add slurm.time): a stub model answering each of the 4 samples after 30 s, docker
+    (stand-in) on PATH."""
+    stub = start_stub(reply=BFCL_REPLY, delay_s=30)
     for name, value in docker_standin.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("STUB_URL", stub.url)
     sbatch = count_calls("sbatch")  # after PATH got the docker stand-in
-    real = ["-c", str(CONFIGS / "bfcl_stub.yaml"), "slurm.cpus_per_task=1", "slurm.gpus_per_node=0",
-            "slurm.time=1", "slurm.max_requeues=0"]
+    return ["-c", str(CONFIGS / "bfcl_stub.yaml"), "slurm.cpus_per_task=1", "slurm.gpus_per_node=0",
+            "slurm.max_requeues=0"], sbatch
+
+
+def wait_until_task_left_queue(task: str, timeout: float = 60.0) -> None:
+    """Wait until squeue no longer lists this job or array task (sacct has the state before that)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", task.split("_")[0]], capture_output=True, text=True).stdout
+        if task not in out.split():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{task} still in squeue after {timeout}s")
+
+
+def status_of(out: Path, step: int) -> dict:
+    result = hpc_eval("status", out, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = [row for row in json.loads(result.output) if row["iteration"] == step]
+    return row
+
+
+@pytest.mark.slow
+def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_path, slow_real_eval):
+    """One real evaluation at a time (two on one node would share the evaluator's fixed adapter
+    port 3825 under --network host). The time limit is a Slurm setting, not part of the config
+    hash, so passes with different limits share the evaluation directories."""
+    real, sbatch = slow_real_eval
+    long_limit, short_limit = [*real, "slurm.time=10"], [*real, "slurm.time=1"]
     run = make_run(tmp_path / "train" / "checkpoints", [1000, 2000])
     make_quiet(run)
     out = tmp_path / "out"
 
-    # --parallel 1: one evaluation at a time (two on one node would share the evaluator's fixed
-    # adapter port 3825 under --network host); newest first, so 2000 runs first
-    first = watch(run, out, "--parallel", "1", config=real)
-    assert first.exit_code == 0 and steps(first.output, "submitted") == [1000, 2000], first.output
-    cancelled, timed_out = task_of(first.output, 1000), task_of(first.output, 2000)
-    wait_for_state(timed_out, timeout=180)  # the time limit ends it (TIMEOUT, or FAILED after submitit's own timeout)
-    (eval_dir,) = evaluations(out)[2000]
-    summary = json.loads((eval_dir / "summary.json").read_text())
-    assert summary["state"] == "TIMEOUT" and summary["slurm_job_id"] == timed_out, summary
+    first = watch(run, out, "--max-submit", "1", "--oldest-first", config=long_limit)
+    assert first.exit_code == 0 and steps(first.output, "submitted") == [1000], first.output
+    cancelled = task_of(first.output, 1000)
     wait_for_state(cancelled, {"RUNNING"}, timeout=120)
     time.sleep(3)
     subprocess.run(["scancel", cancelled], check=True)  # the user cancels it while it runs
     assert wait_for_state(cancelled, timeout=60) == "CANCELLED"
-    wait_until_gone_from_queue(cancelled)  # sacct says CANCELLED while squeue still shows it COMPLETING
+    wait_until_task_left_queue(cancelled)  # sacct says CANCELLED while squeue still shows it COMPLETING
+    assert status_of(out, 1000)["state"] == "CANCELLED"
 
-    second = watch(run, out, config=real)
+    second = watch(run, out, config=short_limit)
     assert second.exit_code == 0, second.output
-    ((verb, step, where, detail),) = actions(second.output)
-    assert (verb, step, where) == ("resubmitted", 2000, str(eval_dir)) and "TIMEOUT" in detail, second.output
-    assert sbatch.count() == 2
-    assert [len(attempts(dirs[0])) for _, dirs in sorted(evaluations(out).items())] == [1, 2]
-    assert attempts(eval_dir)[1]["slurm_job_id"] == task_of(second.output, 2000) != timed_out
+    assert [(verb, step) for verb, step, _, _ in actions(second.output)] == [("submitted", 2000)], second.output
+    timed_out = task_of(second.output, 2000)
+    # the time limit ends it: submitit's USR2 (summary TIMEOUT, sacct FAILED) or Slurm's kill (sacct TIMEOUT)
+    wait_for_state(timed_out, timeout=180)
+    wait_until_task_left_queue(timed_out)
+    assert status_of(out, 2000)["state"] == "TIMEOUT"
+    (eval_dir,) = evaluations(out)[2000]
 
-    third = watch(run, out, "--retry-failed", config=real)
+    third = watch(run, out, config=short_limit)
     assert third.exit_code == 0, third.output
-    ((verb, step, _, detail),) = actions(third.output)
-    assert (verb, step) == ("resubmitted", 1000) and "CANCELLED" in detail and "--retry-failed" in detail
+    ((verb, step, where, detail),) = actions(third.output)
+    assert (verb, step, where) == ("resubmitted", 2000, str(eval_dir)) and "ended TIMEOUT" in detail, third.output
     assert sbatch.count() == 3
+    assert [len(attempts(dirs[0])) for _, dirs in sorted(evaluations(out).items())] == [1, 2]
+    assert attempts(eval_dir)[1]["slurm_job_id"] == task_of(third.output, 2000) != timed_out
+
+    fourth = watch(run, out, "--retry-failed", config=short_limit)
+    assert fourth.exit_code == 0, fourth.output
+    ((verb, step, _, detail),) = actions(fourth.output)
+    assert (verb, step) == ("resubmitted", 1000) and "CANCELLED" in detail and "--retry-failed" in detail
+    assert sbatch.count() == 4
     assert [len(attempts(dirs[0])) for _, dirs in sorted(evaluations(out).items())] == [2, 2]
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_by_slurms_time_limit_is_resubmitted(tmp_path, slow_real_eval):
+    """No USR2 before the limit (signal_delay_s=0): Slurm's SIGTERM looks like scancel to the
+    payload (summary CANCELLED), but sacct says TIMEOUT, and that is what counts."""
+    real, sbatch = slow_real_eval
+    run = make_run(tmp_path / "train" / "checkpoints", [1000])
+    make_quiet(run)
+    out = tmp_path / "out"
+    real = [*real, "slurm.time=1", "slurm.signal_delay_s=0"]
+    first = watch(run, out, config=real)
+    assert first.exit_code == 0 and steps(first.output, "submitted") == [1000], first.output
+    task = task_of(first.output, 1000)
+    assert wait_for_state(task, timeout=240) == "TIMEOUT"
+    wait_until_task_left_queue(task)
+    assert status_of(out, 1000)["state"] == "TIMEOUT"
+    second = watch(run, out, config=real)
+    ((verb, step, _, detail),) = actions(second.output)
+    assert (verb, step) == ("resubmitted", 1000) and "ended TIMEOUT" in detail, second.output
+    assert sbatch.count() == 2
 
 
 def test_a_claim_whose_sbatch_never_happened_is_submitted_again(tmp_path, count_sbatch):
