@@ -161,7 +161,7 @@ def print_submit_result(result, output_dir) -> None:
             first = result.to_submit[0]
             commands = describe_commands(first.paths.launcher_config)
             if commands:
-                click.echo(f"commands in the job (execution.type hpc_eval; {first.checkpoint or 'the endpoint'}):\n{commands}")
+                click.echo(f"commands in the job (execution.type hpc_eval; {first.checkpoint.name if first.checkpoint else 'the endpoint'}):\n{commands}")
         return
     if not result.jobs:
         click.echo("nothing to submit")
@@ -405,8 +405,9 @@ MISSING_CELL = "-"  # what a table or markdown shows where a checkpoint has no s
               help="Only matching columns: an exact key, a substring or a glob (bfcl/*); repeatable.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also save a line chart of the scores against training step (PNG).")
 @click.option("--missing", "list_missing", is_flag=True, help="List the checkpoints × launcher tasks without a result instead.")
+@click.option("--resubmit", is_flag=True, help="With --missing: submit those evaluations again as one array (finished tasks replay from the cache).")
 @translate_errors
-def results(roots, fmt, metric_patterns, plot_path, list_missing):
+def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
     """Scores per training step of every evaluation under OUTPUT_DIR (default ./results) or a run folder.
 
     \b
@@ -419,15 +420,38 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing):
 
     root_paths = [Path(root) for root in default_roots(roots)]
     progress = show_scan_progress if sys.stderr.isatty() else None  # quiet when piped or logged
+    if resubmit and not list_missing:
+        raise click.UsageError("--resubmit goes with --missing")
     if list_missing:
         rows = [item.to_dict() for item in results_lib.missing(root_paths, progress=progress)]
         click.echo(render(rows, MISSING_COLUMNS, fmt))
+        if resubmit:
+            resubmit_missing(rows)
         return
     table = results_lib.collect_results(root_paths, progress=progress).select(list(metric_patterns))
     if plot_path:
         results_lib.plot(table, plot_path)
         click.echo(f"plot: {plot_path}", err=True)  # stderr, so that stdout stays one clean table
     click.echo(render(displayed_scores(table.records(), fmt), ["run", "iteration", *table.metrics], fmt))
+
+
+def resubmit_missing(rows: list[dict]) -> None:
+    """Send the evaluations with missing results again as one array (live ones are left alone)."""
+    from hpc_eval.status import LIVE_STATES, collect_status
+    from hpc_eval.store import EvalPaths
+    from hpc_eval.submit import resubmit
+
+    eval_dirs = sorted({row["eval_dir"] for row in rows})
+    live = {row.eval_dir for row in collect_status([Path(d) for d in eval_dirs]) if row.state in LIVE_STATES}
+    for eval_dir in sorted(live):
+        click.echo(f"skip (still running): {eval_dir}")
+    jobs = resubmit([EvalPaths(Path(d)) for d in eval_dirs if d not in live])
+    for job in jobs:
+        click.echo(f"resubmitted {len(job.task_ids)} evaluation(s) as job {job.job_id}")
+        for task_id, evaluation in zip(job.task_ids, job.evaluations):
+            click.echo(f"  {task_id}  {evaluation.paths.root}")
+    if not jobs:
+        click.echo("nothing resubmitted")
 
 
 def displayed_scores(records: list[dict], fmt: str) -> list[dict]:

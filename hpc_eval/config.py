@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf._utils import get_omega_conf_dumper
+from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval.errors import ConfigError
@@ -329,11 +329,19 @@ def check_launcher_shape(config: EvalConfig) -> None:
 
 
 def preflight(config: EvalConfig) -> None:
-    """Check the tasks and the `evaluation` section the way the launcher will, with no side effects.
+    """Check the tasks and the `evaluation` section the way the launcher will, without its side effects.
+
+    Passing checks are remembered per launcher version in the cache (see `cache_file`).
 
     Raises:
         ConfigError: an unknown or ambiguous task, a bad evaluation key, or a filter that matches nothing.
     """
+    evaluation = config.launcher.get("evaluation") or {}
+    # A cron pass checks the same config every few minutes: once this launcher accepted these
+    # tasks, skip the launcher's import (0.4 s) and the checks.
+    passed = cache_file("preflight", json.dumps([launcher_key(), evaluation, config.task_filters], sort_keys=True, default=str))
+    if passed.exists():
+        return
     from hpc_eval.launcher import import_launcher
 
     import_launcher()
@@ -342,7 +350,6 @@ def preflight(config: EvalConfig) -> None:
     from nemo_evaluator_launcher.common.mapping import get_task_from_mapping
     from pydantic import ValidationError
 
-    evaluation = config.launcher.get("evaluation") or {}
     try:
         EvaluationModel.model_validate(evaluation)
     except ValidationError as error:
@@ -366,30 +373,19 @@ def preflight(config: EvalConfig) -> None:
             filter_tasks(OmegaConf.create(config.launcher), config.task_filters)
         except ValueError as error:
             raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
+    write_cache(passed, {"passed": True})  # the name is a hash: no config text (or secret) is stored
 
 
 def task_catalogue() -> list[tuple[str, str]]:
     """The launcher's (harness, task) names, cached per launcher version and catalogue file.
 
     The launcher parses a 23k-line YAML catalogue (about a second) on every load_tasks_mapping();
-    preflight needs only the names, kept as JSON under $XDG_CACHE_HOME/hpc-eval/ (default
-    ~/.cache/hpc-eval/). An unreadable cache is rebuilt; one that cannot be written is skipped.
+    preflight needs only the names.
     """
-    import importlib.util
-
-    import nemo_evaluator_launcher
     from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
 
-    from hpc_eval.store import write_json
-
-    files = [Path(nemo_evaluator_launcher.__file__).parent / "resources" / "all_tasks_irs.yaml"]
-    internal = importlib.util.find_spec("nemo_evaluator_launcher_internal")  # its catalogue overrides
-    if internal and internal.origin:
-        files.append(Path(internal.origin).parent / "resources" / "all_tasks_irs.yaml")
-    stats = [(str(f), s.st_mtime_ns, s.st_size) for f in files if f.exists() for s in [f.stat()]]
-    key = json.dumps([nemo_evaluator_launcher.__version__, stats])
-    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = cache_root / "hpc-eval" / f"tasks-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    key = launcher_key()
+    path = cache_file("tasks", key)
     try:
         cached = json.loads(path.read_text())
         if cached["key"] == key:
@@ -397,12 +393,42 @@ def task_catalogue() -> list[tuple[str, str]]:
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable or stale: parse the catalogue again
     tasks = list(load_tasks_mapping())  # in the launcher's order: its error messages list choices in it
+    write_cache(path, {"key": key, "tasks": tasks})
+    return tasks
+
+
+def launcher_key() -> str:
+    """The installed launcher's version and task catalogue files (mtime, size), found without
+    importing the launcher (that takes 0.4 s): what the caches are keyed by."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nemo_evaluator_launcher")
+    if spec is None or not spec.origin:
+        return ""
+    root = Path(spec.origin).parent
+    versions = sorted(p.name for p in root.parent.glob("nemo_evaluator_launcher-*.dist-info"))  # name-version.dist-info
+    files = [root / "package_info.py", root / "resources" / "all_tasks_irs.yaml"]
+    internal = importlib.util.find_spec("nemo_evaluator_launcher_internal")  # its catalogue overrides
+    if internal and internal.origin:
+        files.append(Path(internal.origin).parent / "resources" / "all_tasks_irs.yaml")
+    return json.dumps([versions, [(str(f), s.st_mtime_ns, s.st_size) for f in files if f.exists() for s in [f.stat()]]])
+
+
+def cache_file(kind: str, key: str) -> Path:
+    """A cache entry for `key` under $XDG_CACHE_HOME/hpc-eval/ (default ~/.cache/hpc-eval/)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "hpc-eval" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def write_cache(path: Path, data: Any) -> None:
+    """Write atomically (temp file + os.replace); a cache that cannot be written is skipped."""
+    from hpc_eval.store import write_json
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"key": key, "tasks": tasks})  # temp file + os.replace
+        write_json(path, data)
     except OSError:
         pass
-    return tasks
 
 
 def unknown_task_hint(name: str, mapping: dict) -> str:
@@ -415,11 +441,18 @@ def one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+class LauncherDumper(getattr(yaml, "CDumper", yaml.Dumper)):
+    """OmegaConf.to_yaml's YAML (strings that OmegaConf would load as bool or number stay quoted),
+    from plain data and on libyaml when present: a DictConfig per checkpoint costs milliseconds."""
+
+
+LauncherDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
 def save_launcher_config(config: EvalConfig, eval_dir: Path) -> Path:
     """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
     launcher = dict(config.launcher)
     launcher["execution"] = {**launcher.get("execution", {}), "output_dir": str(eval_dir)}
     path = eval_dir / "launcher_config.yaml"
-    # OmegaConf.to_yaml's own dumper on the plain data: the same text, without building a DictConfig
-    path.write_text(yaml.dump(launcher, Dumper=get_omega_conf_dumper(), default_flow_style=False, allow_unicode=True, sort_keys=False))
+    path.write_text(yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False))
     return path

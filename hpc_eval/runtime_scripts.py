@@ -98,6 +98,7 @@ def launch_command(runtime: str, role: str, image: str, mounts: list[Mount], env
 
 @functools.lru_cache(maxsize=None)
 def templates():
+    """The Jinja environment of templates/: strict (a missing value fails), `q` shell-quotes."""
     import jinja2
 
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
@@ -214,6 +215,7 @@ def add_secrets(cfg, task, plan: dict[str, Any]) -> None:
 
 
 def render_script(tasks: list[dict], runtime: str, reason: str, invocation_id: str, options: Options) -> str:
+    """The driver script that runs `tasks` one after another (one task: its run.sh)."""
     return templates().get_template("runtime-run.sh.j2").render(
         tasks=tasks, runtime=runtime, reason=reason, invocation_id=invocation_id,
         readiness_timeout=options.readiness_timeout, python=sys.executable, python_bin=Path(sys.executable).parent)

@@ -124,7 +124,8 @@ def query_squeue(job_ids: list[str]) -> dict[str, SlurmJobState]:
     for line in output.splitlines():
         job, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
         states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip())
-    return {job: states[job] for job in job_ids if job in states}
+    # With -j, squeue also shows jobs that just ended; their final word comes from sacct.
+    return {job: states[job] for job in job_ids if job in states and states[job].state in LIVE_STATES}
 
 
 def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState]:

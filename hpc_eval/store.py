@@ -114,6 +114,30 @@ def claim(directory: Path) -> bool:
     return True
 
 
+STALE_CLAIM_S = 300  # a submission takes seconds between its claim and sbatch; five minutes means it died
+
+
+def claim_attempt(paths: EvalPaths) -> bool:
+    """Claim the next submission of an existing evaluation (`.attempt-<k>`, made with mkdir).
+
+    Two passes retrying the same evaluation: one wins. A marker left by a pass that died before
+    it recorded its attempt is taken over once it is older than STALE_CLAIM_S.
+    """
+    attempt = len(paths.read_attempts()) + 1
+    for takeover in range(1000):
+        marker = paths.root / (f".attempt-{attempt}" + (f".{takeover}" if takeover else ""))
+        try:
+            marker.mkdir()
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - marker.stat().st_mtime < STALE_CLAIM_S:
+                    return False  # another pass is submitting it now
+            except FileNotFoundError:
+                pass
+    return False
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

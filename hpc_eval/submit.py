@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hpc_eval import __version__
-from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.config import SLURM_DEFAULTS, EvalConfig, save_launcher_config
 from hpc_eval.errors import CheckpointError, ConfigError, SlurmUnavailable, SubmitError
-from hpc_eval.store import EvalPaths, claim, eval_dir, now_iso, run_name, write_json
+from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, now_iso, run_name, write_json
 
 @dataclass
 class PlannedEvaluation:
@@ -58,9 +58,13 @@ class SubmittedJob:
 
 def slurm_settings(config: EvalConfig, cli_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `slurm:` section over the defaults, with the command line's shorthands on top."""
-    settings = dict(config.slurm)
+    return settings_from(config.slurm, cli_overrides, config.source)
+
+
+def settings_from(slurm: dict[str, Any], cli_overrides: dict[str, Any] | None, source: Path) -> dict[str, Any]:
+    settings = {**SLURM_DEFAULTS, **slurm}
     settings.update({key: value for key, value in (cli_overrides or {}).items() if value is not None})
-    settings["time_min"] = time_minutes(settings["time"], config.source)
+    settings["time_min"] = time_minutes(settings["time"], source)
     # USR2 must come before the time limit, or a requeued job dies of it before it starts
     settings["signal_delay_s"] = min(settings["signal_delay_s"], settings["time_min"] * 30)
     return settings
@@ -124,6 +128,7 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
         "config_source": str(config.source),
         "task_filters": config.task_filters,
         "dry_run": config.dry_run,
+        "slurm": config.slurm,  # so that a later resubmission asks for the same resources
         "hpc_eval_version": __version__,
         "created_at": now_iso(),
     })
@@ -375,3 +380,26 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: d
     if ready:
         result.jobs = submit(ready, settings, array_folder_root=config.output_dir / ".arrays")
     return result
+
+
+def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None = None) -> list[SubmittedJob]:
+    """Submit existing evaluations again, as one array; each resumes its launcher invocation.
+
+    Tasks that already succeeded replay from the launcher's response cache, so only the missing
+    ones cost model time. An evaluation another pass is resubmitting right now is left out.
+
+    Raises:
+        SlurmUnavailable, SubmitError: as `submit`.
+    """
+    require_slurm()
+    claimed = [paths for paths in evaluations if claim_attempt(paths)]
+    if not claimed:
+        return []
+    planned = []
+    for paths in claimed:
+        request = paths.read_request()
+        checkpoint = Path(request["checkpoint"]) if request.get("checkpoint") else None
+        planned.append(PlannedEvaluation(paths, request.get("run", paths.root.parent.parent.name), checkpoint, request.get("iteration")))
+    first = claimed[0]
+    settings = settings_from(first.read_request().get("slurm") or {}, cli_overrides, first.request)
+    return submit(planned, settings, array_folder_root=first.root.parent.parent.parent / ".arrays")

@@ -26,10 +26,9 @@ from hpc_eval import checkpoint as ckpt
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
-from hpc_eval.store import EvalPaths, completed_index, eval_dir, run_of
+from hpc_eval.store import STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, run_of
 from hpc_eval.submit import PlannedEvaluation, prepare, require_slurm, submit, write_request
 
-STALE_CLAIM_S = 300  # a pass takes seconds between mkdir and sbatch; five minutes means it died
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
 
 
@@ -189,7 +188,7 @@ def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, A
     ready: list[PlannedEvaluation] = []
     for item in chosen:
         planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration)
-        claimed = claim_retry(item) if item.retry else prepare(config_for(item.checkpoint), planned)
+        claimed = claim_attempt(item.paths) if item.retry else prepare(config_for(item.checkpoint), planned)
         if claimed and item.retry and not (item.paths.request.exists() and item.paths.launcher_config.exists()):
             write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them
         if claimed:
@@ -213,24 +212,6 @@ def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, A
             verb = "resubmitted" if planned.paths.root in retried else "submitted"
             detail = f"job {task_id}" + (f"; {retried[planned.paths.root]}" if planned.paths.root in retried else "")
             result.actions.append(Action(planned.run, planned.iteration, str(planned.paths.root), verb, detail))
-
-
-def claim_retry(item: Candidate) -> bool:
-    """A second pass retrying the same evaluation loses this mkdir."""
-    attempt = len(item.paths.read_attempts()) + 1
-    for stale in range(1000):
-        marker = item.paths.root / (f".attempt-{attempt}" + (f".{stale}" if stale else ""))
-        try:
-            marker.mkdir()
-            return True
-        except FileExistsError:
-            try:
-                if time.time() - marker.stat().st_mtime < STALE_CLAIM_S:
-                    return False  # another pass is submitting it now
-            except FileNotFoundError:
-                pass
-            # that retry's pass died (or its sbatch failed) without recording an attempt: take the next name
-    return False
 
 
 def iter_names(run_dir: Path) -> list[tuple[str, int]]:

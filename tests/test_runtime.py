@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakeckpt import make_run
+from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_until_gone_from_queue
 
 from hpc_eval import runtime
 from hpc_eval.payload import read_metrics
@@ -157,6 +159,19 @@ def test_host_runs_the_commands_directly_with_container_paths_mapped(tmp_path):
     checkpoint = tmp_path / "run" / "iter_0000100"
     assert task["server"] == 'bash -c "$SERVER_COMMAND"' and task["client"] == 'bash -c "$EVAL_COMMAND"'
     assert task["server_command"] == f"python serve.py --megatron_checkpoint {checkpoint}/ --port 8000"
+
+
+def test_submit_dry_run_shows_the_commands_of_the_configured_runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
+    run = make_run(tmp_path / "my-run" / "checkpoints", [100])
+    result = hpc_eval("submit", "-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
+                      "--output-dir", tmp_path / "evals", "deployment.port=18555", "--dry-run")
+    assert result.exit_code == 0, result.output
+    shown = result.output.split("commands in the job (execution.type hpc_eval; ", 1)[1].splitlines()
+    assert shown[1:3] == ["execution.runtime: host", "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
+    assert '    server: bash -c "$SERVER_COMMAND"' in shown and '    client: bash -c "$EVAL_COMMAND"' in shown
+    assert f"test -f {run / 'iter_0000100'}/run_config.yaml" in result.output  # /checkpoint, mapped for the host
+    assert not (tmp_path / "evals").exists()
 
 
 def test_unknown_runtime_is_refused(tmp_path):
@@ -344,3 +359,46 @@ def test_host_runtime_runs_the_server_and_client_without_containers(tmp_path, mo
     adapter_port = int(re.search(r"base_url=http://localhost:(\d+)", (task_dir / "logs" / "client_stdout.log").read_text()).group(1))
     assert adapter_port not in range(3825, 3900)  # its own port, not the first free one every evaluation races for
     assert not answers(port)  # stopped once the client was done
+
+
+@pytest.mark.slow
+def test_resume_runs_the_scripts_again_and_reuses_the_response_cache(tmp_path):
+    """What the payload does when a requeued job starts again: the launcher's resume_eval."""
+    from nemo_evaluator_launcher.api.functional import get_status, resume_eval
+
+    invocation, directory = run_eval(generic_stub_config(tmp_path, free_port(), runtime="host"), dry_run=False)
+    task_dir = directory / "bfcl.bfclv3_ast_prompting.0"
+    assert wait_for_stage_exit(task_dir) == "0"
+    posts = sum(json.loads(line)["method"] == "POST" for line in (tmp_path / "server-requests.jsonl").read_text().splitlines())
+    first_exit = (task_dir / "logs" / "stage.exit").read_text()
+    assert resume_eval(invocation) == invocation
+    assert not (task_dir / "logs" / "stage.exit").exists() or (task_dir / "logs" / "stage.exit").read_text() != first_exit
+    assert wait_for_stage_exit(task_dir) == "0" and bfcl_score(task_dir) == 25.0
+    requests = [json.loads(line) for line in (tmp_path / "server-requests.jsonl").read_text().splitlines()]
+    assert sum(request["method"] == "POST" for request in requests) == posts  # every answer came from the cache
+    assert [status["status"] for status in get_status([invocation])] == ["success"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_stops_the_host_runtimes_server_and_client(tmp_path, monkeypatch):
+    """The payload's cancel works unchanged: the server and the harness live in the script's session."""
+    port = free_port()
+    requests_log = tmp_path / "server-requests.jsonl"
+    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
+    run = make_run(tmp_path / "my-run" / "checkpoints", [100])
+    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
+                         "--output-dir", tmp_path / "evals", f"deployment.port={port}",
+                         f"+deployment.env_vars.LOG=lit:{requests_log}", "+deployment.env_vars.DELAY_S=lit:5")
+    ((task,),) = [job["tasks"] for job in result["jobs"]]
+    deadline = time.monotonic() + 120
+    while not (requests_log.exists() and '"POST"' in requests_log.read_text()):  # the harness is asking the model
+        assert time.monotonic() < deadline, "the evaluation never reached the model server"
+        time.sleep(0.3)
+    subprocess.run(["scancel", task["slurm_job_id"]], check=True)
+    wait_until_gone_from_queue(task["slurm_job_id"])
+    time.sleep(2)
+    assert processes_mentioning(task["eval_dir"]) == [] and processes_mentioning(f"fake_openai.py {port}") == []
+    assert not answers(port)
+    summary = json.loads((Path(task["eval_dir"]) / "summary.json").read_text())
+    assert summary["state"] == "CANCELLED"
