@@ -2,10 +2,9 @@
 # demo.sh: hpc-eval end to end on this machine, in a few minutes, with no GPU and no network
 # beyond the Debian and PyPI package mirrors. Run it as root from a clone:  bash scripts/demo.sh
 #
-#   1. installs what is missing: Debian packages (python3-venv, curl, procps; Slurm, munge and
-#      MariaDB through scripts/start-slurm.sh) and .venv with `pip install -e '.[test]'`
-#      (the test extras bring the bfcl harness, whose benchmark data ships in its wheel);
-#   2. starts a local single-node Slurm, unless one is already running;
+#   1-2. scripts/setup.sh: installs what is missing (Debian packages; Slurm, munge and MariaDB;
+#      .venv with `pip install -e '.[test]'`, whose test extras bring the bfcl harness, whose
+#      benchmark data ships in its wheel) and starts a local single-node Slurm if none runs;
 #   3. starts the stub OpenAI-compatible server (scripts/fake_openai.py) on a free port;
 #   4. creates a fake Megatron Bridge training run with 3 checkpoints (iter_0000100..300);
 #   5. `hpc-eval submit --all` over them: one Slurm job array, each task running a real bfcl
@@ -22,28 +21,14 @@ log() { echo "[demo +$((SECONDS - T0))s] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root: the local Slurm daemons and apt-get need it"
 
-# ---------------------------------------------------------------- 1. what it needs
-need=()
-command -v python3 >/dev/null || need+=(python3)
-python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
-command -v curl >/dev/null || need+=(curl ca-certificates)   # the executor's readiness check
-command -v pgrep >/dev/null || need+=(procps)                # the executor stops server trees
-if [ ${#need[@]} -gt 0 ]; then
-  log "apt-get install ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-if [ ! -x .venv/bin/hpc-eval ]; then
-  log "creating .venv and installing hpc-eval with its test extras (about a minute)"
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q -e '.[test]'
-fi
+# ---------------------------------------------------------------- 1-2. packages, .venv, Slurm
+sinfo -h >/dev/null 2>&1 && STARTED_SLURM=0 || STARTED_SLURM=1
+bash scripts/setup.sh            # idempotent: installs what is missing, starts Slurm if it is down
 export NEMO_EVALUATOR_TELEMETRY_LEVEL=0  # nothing leaves this machine
 
 DEMO_DIR=${HPC_EVAL_DEMO_DIR:-$(mktemp -d /tmp/hpc-eval-demo.XXXXXX)}
 mkdir -p "$DEMO_DIR"
-STUB_PID="" JOB_IDS="" STARTED_SLURM=0
+STUB_PID="" JOB_IDS=""
 cleanup() {
   local rc=$?
   [ -z "$JOB_IDS" ] || scancel $JOB_IDS 2>/dev/null || true
@@ -52,15 +37,6 @@ cleanup() {
   log "done (exit $rc); files in $DEMO_DIR"
 }
 trap cleanup EXIT
-
-# ---------------------------------------------------------------- 2. Slurm
-if sinfo -h >/dev/null 2>&1; then
-  log "using the Slurm that is already running"
-else
-  log "starting a local Slurm (scripts/start-slurm.sh)"
-  STARTED_SLURM=1
-  bash scripts/start-slurm.sh
-fi
 
 # ---------------------------------------------------------------- 3. the stub model server
 REPLY='[calculate_triangle_area(base=10, height=5)]' LOG="$DEMO_DIR/stub-requests.jsonl" \

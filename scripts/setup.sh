@@ -4,7 +4,7 @@
 #      for the docker stand-in), procps (pkill, used by the launcher's kill);
 #   2. .venv with `pip install -e '.[test]'` (again only when pyproject.toml changed);
 #   3. a real single-node Slurm (scripts/start-slurm.sh, which installs its own packages;
-#      --fresh wipes an earlier cluster's state first) and the scrontab client Debian lacks.
+#      --fresh wipes an earlier cluster's state first).
 # Idempotent: a second run with everything in place takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +33,3 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
 fi
 
 bash scripts/start-slurm.sh "$@"
-command -v scrontab >/dev/null || bash scripts/build-scrontab.sh

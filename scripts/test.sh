@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh ${HPC_EVAL_FRESH_SLURM:+--fresh}
+command -v scrontab >/dev/null || bash scripts/build-scrontab.sh   # Debian ships no scrontab client
 rc=0
 .venv/bin/python -m pytest -q "$@" || rc=$?
 [ "$rc" != 5 ] || { echo "[test] pytest collected no tests: that is a failure" >&2; rc=1; }
