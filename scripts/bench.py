@@ -4,7 +4,7 @@
 Not a test: run it by hand on the machine you care about, and read the ratios (every number in
 one run comes from the same machine under the same load).
 
-    .venv/bin/python scripts/bench.py                 # everything (2-3 minutes on 2 CPUs)
+    .venv/bin/python scripts/bench.py                 # everything (1.5-2 minutes on 2 CPUs)
     .venv/bin/python scripts/bench.py --quick         # smaller N (arrays up to 100, watch over 1,000 dirs)
     .venv/bin/python scripts/bench.py --skip-slurm    # only what needs no Slurm (sections 1, 2 and the validate scan)
     .venv/bin/python scripts/bench.py --json          # one JSON object instead of the table
@@ -14,8 +14,8 @@ one run comes from the same machine under the same load).
 Sections:
   1. startup   `hpc-eval --help` and `hpc-eval validate <one dir>` against `python -c pass`;
                discovery and validation over a run of 10,000 iter dirs.
-  2. dry-run   `hpc-eval submit --dry-run -c tiny_chat` with the task catalogue cache cold and
-               warm, and the phases the time goes to.
+  2. dry-run   `hpc-eval submit --dry-run -c tiny_chat` with hpc-eval's cache cold, holding the
+               task catalogue only (a new config), and warm; the phases the time goes to.
   3. arrays    `hpc-eval submit --all` of N = 1, 10, 100, 1000 checkpoints on the local Slurm
                against N plain `sbatch --wrap true --hold`; wall time and sbatch calls. Jobs are
                submitted held and cancelled right away.
@@ -26,7 +26,7 @@ Sections:
 
 Needs: the project's venv, a running local Slurm (bash scripts/start-slurm.sh) for 3-5, strace
 for the syscall counts of 4 (skipped with a note when missing). Writes only under a temp dir
-(the task catalogue cache included: XDG_CACHE_HOME points there).
+(hpc-eval's cache included: XDG_CACHE_HOME points there).
 """
 
 from __future__ import annotations
@@ -135,18 +135,20 @@ class Bench:
         return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done
 
     def median(self, argv: list, env: dict | None = None, check: bool = True) -> tuple[float, float]:
-        runs = [self.run(argv, env, check)[:2] for _ in range(self.repeats)]
-        return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+        return self.medians([argv], env, check)[0]
+
+    def medians(self, commands: list[list], env: dict | None = None, check: bool = True) -> list[tuple[float, float]]:
+        """(median wall, median CPU) of each command, run in turns so that a burst of load hits all alike."""
+        runs = [[self.run(argv, env, check)[:2] for argv in commands] for _ in range(self.repeats)]
+        return [(statistics.median(r[i][0] for r in runs), statistics.median(r[i][1] for r in runs)) for i in range(len(commands))]
 
     # ---------------------------------------------------------------- 1. startup
     def startup(self) -> None:
-        bare, bare_cpu = self.median([PYTHON, "-c", "pass"])
-        self.add("startup", f"python -c pass (median of {self.repeats})", ms(bare), "ms", detail=f"CPU {ms(bare_cpu)} ms")
-        help_wall, help_cpu = self.median([HPC_EVAL, "--help"])
+        one = make_iter(self.tmp / "one" / "checkpoints", 100)
+        (bare, bare_cpu), (help_wall, help_cpu), (wall, cpu) = self.medians([[PYTHON, "-c", "pass"], [HPC_EVAL, "--help"], [HPC_EVAL, "validate", one]])
+        self.add("startup", f"python -c pass (median of {self.repeats}, in turns with the two below)", ms(bare), "ms", detail=f"CPU {ms(bare_cpu)} ms")
         self.add("startup", "hpc-eval --help", ms(help_wall), "ms", ratio=times(help_wall / bare), target="< 4x",
                  ok=help_wall / bare < 4, detail=f"CPU {ms(help_cpu)} ms ({help_cpu / bare_cpu:.1f}x)")
-        one = make_iter(self.tmp / "one" / "checkpoints", 100)
-        wall, cpu = self.median([HPC_EVAL, "validate", one])
         self.add("startup", "hpc-eval validate <one iter dir>", ms(wall), "ms", ratio=times(wall / bare),
                  detail=f"CPU {ms(cpu)} ms ({cpu / bare_cpu:.1f}x)")
 
@@ -237,7 +239,7 @@ class Bench:
         start = time.perf_counter()
         for name in old:
             (index / name).touch()
-        self.add("watch", f"setup: {len(old):,} entries in the completed index", round(time.perf_counter() - start, 2), "s", detail=str(index))
+        self.add("watch", f"setup: {len(old):,} entries in the completed index", round(time.perf_counter() - start, 2), "s", detail=str(index.relative_to(out)))
         argv = [HPC_EVAL, "watch", run, "-c", BFCL_STUB, "--output-dir", out, *HELD, "--json"]
 
         def one_pass(label: str, strace_to: Path | None = None) -> dict:
@@ -580,7 +582,7 @@ def table(rows: list[Row], markdown: bool) -> str:
     cells = [[row.section, row.measure, fmt(row.value), row.unit, row.ratio, row.target,
               "" if row.ok is None else "yes" if row.ok else "MISSED", row.detail] for row in rows]
     if markdown:
-        escape = lambda text: text.replace("|", "\\|")  # noqa: E731
+        escape = lambda text: text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         return "\n".join(lines + ["| " + " | ".join(escape(c) for c in row) + " |" for row in cells])
     widths = [max(len(c[i]) for c in [columns] + cells) for i in range(len(columns) - 1)]

@@ -466,6 +466,7 @@ def test_preflight_writes_nothing_in_home(tmp_path):
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEMO_EVALUATOR_")}
     env["HOME"] = str(home)
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # a cold cache: the launcher itself is imported
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
