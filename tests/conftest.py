@@ -130,9 +130,19 @@ def slurm_cluster() -> SlurmCluster:
 
 @pytest.fixture(autouse=True)
 def _slurm_marker_uses_slurm_cluster(request):
-    """Every test marked @pytest.mark.slurm gets the slurm_cluster check (skip or fail)."""
-    if request.node.get_closest_marker("slurm") is not None:
-        request.getfixturevalue("slurm_cluster")
+    """Every test marked @pytest.mark.slurm gets the slurm_cluster check (skip or fail), and
+    leaves no job in the queue: afterwards, every job whose stdout lies under its tmp_path is
+    cancelled."""
+    if request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    request.getfixturevalue("slurm_cluster")
+    tmp_path = request.getfixturevalue("tmp_path")
+    yield
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True, text=True).stdout
+    ids = {line.split("|")[0].split("_")[0] for line in out.splitlines() if str(tmp_path) in line}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], check=False)
 
 
 # ------------------------------------------------------------------------- stub model server

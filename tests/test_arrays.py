@@ -38,16 +38,6 @@ def _config_env(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
-@pytest.fixture(autouse=True)
-def _cancel_leftover_jobs(tmp_path):
-    """Leave no job of this test in the queue: scancel every job whose script lies under tmp_path."""
-    yield
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True, text=True).stdout
-    ids = {line.split("|")[0].split("_")[0] for line in out.splitlines() if str(tmp_path) in line}
-    if ids:
-        subprocess.run(["scancel", *sorted(ids)], check=False)
-
-
 @pytest.fixture
 def training_run(tmp_path) -> Path:
     """Six complete checkpoints (tracker at 6000) and two a save left half-written."""

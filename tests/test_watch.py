@@ -35,16 +35,6 @@ def _config_env(monkeypatch):
     monkeypatch.setenv("STUB_URL", "http://127.0.0.1:9")
 
 
-@pytest.fixture(autouse=True)
-def _cancel_leftover_jobs(tmp_path):
-    """Leave no job of this test in the queue: scancel every job whose script lies under tmp_path."""
-    yield
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True, text=True).stdout
-    ids = {line.split("|")[0].split("_")[0] for line in out.splitlines() if str(tmp_path) in line}
-    if ids:
-        subprocess.run(["scancel", *sorted(ids)], check=False)
-
-
 def make_quiet(path: Path, age_s: float = 600) -> None:
     """Set every mtime under `path` (and its own) `age_s` into the past: a save that ended long ago."""
     when = time.time() - age_s
