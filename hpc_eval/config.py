@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval.errors import ConfigError
+from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
 
 TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
 # Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
@@ -156,8 +156,6 @@ def compose(path: Path, data: dict[str, Any]) -> DictConfig:
     """The config as the launcher composes it: a Hydra `defaults:` list pulls in its groups."""
     if "defaults" not in data:
         return OmegaConf.create(data)
-    from hpc_eval.launcher import import_launcher
-
     import_launcher()
     from nemo_evaluator_launcher.api.types import RunConfig
 
@@ -342,8 +340,6 @@ def preflight(config: EvalConfig) -> None:
     passed = cache_file("preflight", json.dumps([launcher_key(), evaluation, config.task_filters], sort_keys=True, default=str))
     if passed.exists():
         return
-    from hpc_eval.launcher import import_launcher
-
     import_launcher()
     from nemo_evaluator_launcher.api.functional import filter_tasks
     from nemo_evaluator_launcher.common.config_models import EvaluationModel
@@ -374,61 +370,6 @@ def preflight(config: EvalConfig) -> None:
         except ValueError as error:
             raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
     write_cache(passed, {"passed": True})  # the name is a hash: no config text (or secret) is stored
-
-
-def task_catalogue() -> list[tuple[str, str]]:
-    """The launcher's (harness, task) names, cached per launcher version and catalogue file.
-
-    The launcher parses a 23k-line YAML catalogue (about a second) on every load_tasks_mapping();
-    preflight needs only the names.
-    """
-    from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
-
-    key = launcher_key()
-    path = cache_file("tasks", key)
-    try:
-        cached = json.loads(path.read_text())
-        if cached["key"] == key:
-            return [(harness, task) for harness, task in cached["tasks"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing, unreadable or stale: parse the catalogue again
-    tasks = list(load_tasks_mapping())  # in the launcher's order: its error messages list choices in it
-    write_cache(path, {"key": key, "tasks": tasks})
-    return tasks
-
-
-def launcher_key() -> str:
-    """The installed launcher's version and task catalogue files (mtime, size), found without
-    importing the launcher (that takes 0.4 s): what the caches are keyed by."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("nemo_evaluator_launcher")
-    if spec is None or not spec.origin:
-        return ""
-    root = Path(spec.origin).parent
-    versions = sorted(p.name for p in root.parent.glob("nemo_evaluator_launcher-*.dist-info"))  # name-version.dist-info
-    files = [root / "package_info.py", root / "resources" / "all_tasks_irs.yaml"]
-    internal = importlib.util.find_spec("nemo_evaluator_launcher_internal")  # its catalogue overrides
-    if internal and internal.origin:
-        files.append(Path(internal.origin).parent / "resources" / "all_tasks_irs.yaml")
-    return json.dumps([versions, [(str(f), s.st_mtime_ns, s.st_size) for f in files if f.exists() for s in [f.stat()]]])
-
-
-def cache_file(kind: str, key: str) -> Path:
-    """A cache entry for `key` under $XDG_CACHE_HOME/hpc-eval/ (default ~/.cache/hpc-eval/)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "hpc-eval" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-
-
-def write_cache(path: Path, data: Any) -> None:
-    """Write atomically (temp file + os.replace); a cache that cannot be written is skipped."""
-    from hpc_eval.store import write_json
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, data)
-    except OSError:
-        pass
 
 
 def unknown_task_hint(name: str, mapping: dict) -> str:
