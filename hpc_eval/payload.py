@@ -221,6 +221,8 @@ class Launcher:
         jobs = ExecutionDB().get_jobs(invocation_id)
         task_dirs = {job.data["output_dir"].rsplit("/", 1)[-1]: Path(job.data["output_dir"]) for job in jobs.values()}
         found = sorted(Path(cfg.execution.output_dir).glob(f"*-{invocation_id}"))
+        for secrets in found[0].rglob(".secrets.env") if found else []:
+            secrets.chmod(0o600)  # the launcher writes the resolved secrets readable by everyone
         return Invocation(invocation_id, found[0] if found else None, task_dirs, sessions)
 
     def collect(self, invocation: Invocation) -> dict[str, dict[str, Any]]:

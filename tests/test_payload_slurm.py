@@ -51,7 +51,9 @@ def test_launcher_dry_run_key_runs_run_eval_in_the_job(tmp_path, monkeypatch):
     assert summary["state"] == "COMPLETED" and summary["dry_run"] is True
     assert any(script.endswith("mmlu_instruct.0/run.sh") for script in summary["scripts"])
     assert Path(summary["invocation_dir"], "run_all.sequential.sh").is_file()
-    assert "not-a-real-key" not in (eval_dir / "launcher_config.yaml").read_text()
+    assert "not-a-real-key" not in (eval_dir / "launcher_config.yaml").read_text()  # passed by name
+    (secrets,) = Path(summary["invocation_dir"]).rglob(".secrets.env")  # the launcher's, with the value
+    assert secrets.stat().st_mode & 0o077 == 0, "resolved secrets must be readable by the owner only"
 
 
 @pytest.mark.slow
