@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -83,10 +83,25 @@ class _RunConfig:
     peft: bool
 
 
+def validate_many(
+    paths: Iterable[str | os.PathLike], *, quiet_seconds: float = 0.0, now: float | None = None
+) -> list[Verdict]:
+    """validate() each path, reading each run's tracker file once (`validate run/iter_*`)."""
+    trackers: dict[Path, int | None] = {}
+    return [validate(path, quiet_seconds=quiet_seconds, now=now, trackers=trackers) for path in paths]
+
+
 def validate(
-    path: str | os.PathLike, *, quiet_seconds: float = 0.0, now: float | None = None
+    path: str | os.PathLike,
+    *,
+    quiet_seconds: float = 0.0,
+    now: float | None = None,
+    trackers: dict[Path, int | None] | None = None,
 ) -> Verdict:
-    """Say whether `path` is a complete Megatron Bridge iter_* checkpoint that can be served."""
+    """Say whether `path` is a complete Megatron Bridge iter_* checkpoint that can be served.
+
+    `trackers` memoizes the parent's tracker between calls of one batch (see validate_many).
+    """
     path = Path(os.path.abspath(path))
     try:
         entries = _scan(path)
@@ -96,7 +111,12 @@ def validate(
     if lookalike is not None:
         return lookalike
     in_run = ITER_NAME.match(path.name) is not None
-    tracker = _read_tracker(path.parent) if in_run else None
+    tracker = None
+    if in_run:
+        trackers = {} if trackers is None else trackers
+        if path.parent not in trackers:
+            trackers[path.parent] = _read_tracker(path.parent)
+        tracker = trackers[path.parent]
     verdict = _check_iter_dir(path, entries, _Options(tracker, quiet_seconds, now))
     return verdict if verdict.ok or not in_run else _with_latest_hint(verdict)
 

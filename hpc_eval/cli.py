@@ -211,7 +211,7 @@ def validate_command(paths: tuple[str, ...], as_json: bool, quiet_seconds: float
     """Check that each PATH is a complete Megatron Bridge iter_* checkpoint (exit 1 if any is not)."""
     from hpc_eval import checkpoint
 
-    verdicts = [checkpoint.validate(path, quiet_seconds=quiet_seconds) for path in paths]
+    verdicts = checkpoint.validate_many(paths, quiet_seconds=quiet_seconds)
     if as_json:
         emit_json([verdict.to_dict() for verdict in verdicts])
     else:

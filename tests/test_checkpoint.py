@@ -473,3 +473,12 @@ def test_cli_validate_quiet_seconds_warns_on_fresh_files(tmp_path):
 @pytest.mark.parametrize("args", [["validate"], ["validate", "--quiet-seconds", "-1", "x"]])
 def test_cli_validate_usage_errors_exit_2(args):
     assert CliRunner().invoke(main, args).exit_code == 2
+
+
+def test_validate_many_gives_the_same_verdicts_as_validate(tmp_path):
+    run = make_run(tmp_path / "checkpoints", [1000, 2000, 3000])
+    write_tracker(run, 2000)  # iter_0003000 is newer than the tracker: a warning for that one only
+    make_iter(run, 4000, missing=["run_config.yaml"])
+    paths = sorted(run.glob("iter_*"))
+    assert checkpoint.validate_many(paths) == [validate(path) for path in paths]
+    assert [bool(v.warnings) for v in checkpoint.validate_many(paths)[:3]] == [False, False, True]
