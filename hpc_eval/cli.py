@@ -135,9 +135,18 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
     settings = submit_lib.slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     result = submit_lib.submit_evaluations(config, choice, settings, run=run_label, force=force, dry_run=dry_run)
     if as_json:
-        emit_json({**result.to_dict(), "output_dir": str(config.output_dir)})
+        emit_json({**result.to_dict(), "output_dir": str(config.output_dir), **follow_up_commands(result, config.output_dir)})
     else:
         print_submit_result(result, config.output_dir)
+
+
+def follow_up_commands(result, output_dir) -> dict[str, str]:
+    """What to run next after a submission (empty when nothing was submitted)."""
+    if not result.jobs:
+        return {}
+    return {"status_command": f"hpc-eval status {output_dir}",
+            "logs_command": f"hpc-eval logs {result.jobs[0].evaluations[0].paths.root}",
+            "results_command": f"hpc-eval results {output_dir}"}
 
 
 def print_submit_result(result, output_dir) -> None:
@@ -173,11 +182,9 @@ def print_submit_result(result, output_dir) -> None:
         click.echo(f"submitted {kind}")
         for task_id, evaluation in zip(job.task_ids, job.evaluations):
             click.echo(f"  {task_id}  {evaluation.paths.root}")
-            attempt = evaluation.paths.read_attempts()[-1]
-            click.echo(f"    stdout: {attempt['stdout']}")
-    click.echo(f"status_command: hpc-eval status {output_dir}")
-    click.echo(f"logs_command: hpc-eval logs {result.jobs[0].evaluations[0].paths.root}")
-    click.echo(f"results_command: hpc-eval results {output_dir}")
+            click.echo(f"    stdout: {job.log_paths(task_id)['stdout']}")
+    for name, command in follow_up_commands(result, output_dir).items():
+        click.echo(f"{name}: {command}")
 
 
 @main.group("config")

@@ -51,9 +51,15 @@ class SubmittedJob:
     folder: Path
     evaluations: list[PlannedEvaluation] = field(default_factory=list)
 
+    def log_paths(self, task_id: str) -> dict[str, str]:
+        """The Slurm stdout/stderr submitit gives one job or array task."""
+        stem = self.folder / f"{task_id}_0_log"
+        return {"stdout": f"{stem}.out", "stderr": f"{stem}.err"}
+
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "submitit_folder": str(self.folder),
-                "tasks": [{"slurm_job_id": task, **ev.to_dict()} for task, ev in zip(self.task_ids, self.evaluations)]}
+                "tasks": [{"slurm_job_id": task, **ev.to_dict(), **self.log_paths(task)}
+                          for task, ev in zip(self.task_ids, self.evaluations)]}
 
 
 def slurm_settings(config: EvalConfig, cli_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -241,10 +247,9 @@ def submit_errors() -> Iterator[None]:
 
 def record_attempts(batch: SubmittedJob) -> None:
     for task_id, evaluation in zip(batch.task_ids, batch.evaluations):
-        log_stem = batch.folder / f"{task_id}_0_log"
         evaluation.paths.record_attempt({
             "slurm_job_id": task_id, "submitted_at": now_iso(), "submitit_folder": str(batch.folder),
-            "stdout": f"{log_stem}.out", "stderr": f"{log_stem}.err",
+            **batch.log_paths(task_id),
         })
 
 

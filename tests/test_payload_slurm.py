@@ -46,7 +46,11 @@ def test_launcher_dry_run_key_runs_run_eval_in_the_job(tmp_path, monkeypatch):
     monkeypatch.setenv("NVIDIA_API_KEY", "not-a-real-key")
     result = submit_json("-c", "tiny_chat", "dry_run=true", "slurm.cpus_per_task=1", "--output-dir", tmp_path)
     job_id, eval_dir = only_evaluation(result)
+    assert result["status_command"] == f"hpc-eval status {tmp_path}"
+    assert result["logs_command"] == f"hpc-eval logs {eval_dir}"
     assert wait_for_state(job_id) == "COMPLETED"
+    (task,) = result["jobs"][0]["tasks"]
+    assert Path(task["stdout"]) == eval_dir / "submitit" / f"{job_id}_0_log.out" and Path(task["stdout"]).is_file()
     summary = read_summary(eval_dir)
     assert summary["state"] == "COMPLETED" and summary["dry_run"] is True
     assert any(script.endswith("mmlu_instruct.0/run.sh") for script in summary["scripts"])
