@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from hpc_eval.cli import main
 
 CONFIGS = Path(__file__).parent / "configs"
+REPO = Path(__file__).resolve().parents[1]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
 
 
@@ -80,3 +82,24 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline and state != "Z":
             found.append(f"{proc.name}: {cmdline.strip()}")
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def submit_generic_host(tmp_path: Path, monkeypatch, *extra: str) -> tuple[dict, int, Path]:
+    """Submit tests/configs/bfcl_generic_host.yaml on one fake checkpoint: its `generic` deployment
+    starts the stub server on a free port. Returns (submit --json output, port, request log)."""
+    from fakeckpt import make_run
+
+    port = free_port()
+    requests_log = tmp_path / "server-requests.jsonl"
+    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
+    run = make_run(tmp_path / "my-run" / "checkpoints", [100])
+    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
+                         "--output-dir", tmp_path / "evals", f"deployment.port={port}",
+                         f"+deployment.env_vars.LOG=lit:{requests_log}", *extra)
+    return result, port, requests_log

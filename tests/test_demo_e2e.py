@@ -9,16 +9,14 @@ the process boundary only: the model (scripts/fake_openai.py).
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 from fakeckpt import make_run
-from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_for_state
+from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_generic_host, submit_json, wait_for_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 METRIC = "bfcl/python_simple_ast_non_live"
 
@@ -57,20 +55,8 @@ def test_submit_all_checkpoints_as_one_array_on_the_host_runtime(tmp_path, monke
     assert [(row["run"], row["iteration"], row[METRIC]) for row in rows] == [("my-run", step, 25.0) for step in (100, 200, 300)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_generic_deployment_serves_the_checkpoint_on_the_host_runtime(tmp_path, monkeypatch):
-    port = free_port()
-    requests_log = tmp_path / "server-requests.jsonl"
-    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
-    run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                         "--output-dir", tmp_path / "evals", f"deployment.port={port}",
-                         f"+deployment.env_vars.LOG=lit:{requests_log}")
+    result, port, requests_log = submit_generic_host(tmp_path, monkeypatch)
     (summary,) = finished_summaries(result)
     (task,) = summary["tasks"].values()
     assert task["status"] == "success" and task["metrics"][METRIC] == 25.0

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 from fakeckpt import make_run
-from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_until_gone_from_queue
+from slurm_helpers import (CONFIGS, REPO, free_port, hpc_eval, processes_mentioning, submit_generic_host,
+                           wait_until_gone_from_queue)
 
 from hpc_eval import runtime
 from hpc_eval.payload import read_metrics
 from hpc_eval.runtime_scripts import task_commands
 
-REPO = Path(__file__).resolve().parents[1]
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 IMAGE = "nvcr.io/nvidia/nemo:25.11"
 EVAL_IMAGE = "nvcr.io/nvidia/eval-factory/bfcl:26.03"
@@ -297,14 +297,6 @@ def generic_stub_config(tmp_path: Path, port: int, **execution) -> dict:
     return config
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for_stage_exit(task_dir: Path, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while not (task_dir / "logs" / "stage.exit").exists():
@@ -383,13 +375,7 @@ def test_resume_runs_the_scripts_again_and_reuses_the_response_cache(tmp_path):
 @pytest.mark.slow
 def test_scancel_stops_the_host_runtimes_server_and_client(tmp_path, monkeypatch):
     """The payload's cancel works unchanged: the server and the harness live in the script's session."""
-    port = free_port()
-    requests_log = tmp_path / "server-requests.jsonl"
-    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
-    run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                         "--output-dir", tmp_path / "evals", f"deployment.port={port}",
-                         f"+deployment.env_vars.LOG=lit:{requests_log}", "+deployment.env_vars.DELAY_S=lit:5")
+    result, port, requests_log = submit_generic_host(tmp_path, monkeypatch, "+deployment.env_vars.DELAY_S=lit:5")
     ((task,),) = [job["tasks"] for job in result["jobs"]]
     deadline = time.monotonic() + 120
     while not (requests_log.exists() and '"POST"' in requests_log.read_text()):  # the harness is asking the model
