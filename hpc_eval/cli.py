@@ -256,7 +256,14 @@ def render(rows: list[dict], columns: list[str], fmt: str) -> str:
 
 
 def default_roots(roots: tuple[str, ...]) -> list[str]:
-    return list(roots) or ["./results"]
+    """The output dirs to read (./results by default); a missing one is a usage error."""
+    from hpc_eval.errors import UsageError
+
+    chosen = list(roots) or ["./results"]
+    missing = [root for root in chosen if not Path(root).exists()]
+    if missing:
+        raise UsageError(f"no such directory: {missing[0]}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory")
+    return chosen
 
 
 STATUS_COLUMNS = ["run", "iteration", "config_hash", "job_id", "state", "attempts", "elapsed", "reason"]
@@ -298,9 +305,10 @@ def logs(target, roots, follow):
     from hpc_eval.errors import UsageError
     from hpc_eval.status import find_evaluation, log_files
 
-    paths = find_evaluation(target, [Path(root) for root in default_roots(roots)])
+    search = [] if (Path(target) / "request.json").exists() else default_roots(roots)  # a directory needs no search
+    paths = find_evaluation(target, [Path(root) for root in search])
     if paths is None:
-        raise UsageError(f"no evaluation found for '{target}' under {', '.join(default_roots(roots))}; give an evaluation directory, a job id or RUN:ITERATION (and --output-dir)")
+        raise UsageError(f"no evaluation found for '{target}' under {', '.join(search)}; give an evaluation directory, a job id or RUN:ITERATION (and --output-dir)")
     files = log_files(paths)
     for kind, found in files.items():
         for path in found:

@@ -213,8 +213,11 @@ def plot(table: ResultsTable, path: Path | str) -> Figure:
     Raises:
         UsageError: no checkpoint has both a training step and a score.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # headless, and no pyplot global state
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # headless, and no pyplot global state
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'hpc-eval[plot]' (or pip install matplotlib)") from None
 
     stepped = [row for row in table.rows if row.iteration is not None]
     runs = list(dict.fromkeys(row.run for row in stepped))

@@ -197,3 +197,13 @@ def test_config_show_applies_overrides_and_checkpoint(tmp_path):
     assert shown["deployment"]["checkpoint_path"] == str(iter_dir)
     assert dig(shown, TOKENIZER_KEY) == f"{iter_dir}/tokenizer"
     assert set(TOOL_KEYS).isdisjoint(shown)
+
+
+@pytest.mark.parametrize("command", [["status"], ["results"], ["logs", "123"]])
+def test_listing_commands_refuse_a_missing_output_dir(command, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    result = CliRunner().invoke(main, [*command, "--output-dir" if command[0] == "logs" else str(missing),
+                                       *([str(missing)] if command[0] == "logs" else [])])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: no such directory: {missing}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory"]
