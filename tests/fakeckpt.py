@@ -1,12 +1,16 @@
 """Build fake Megatron Bridge checkpoint layouts on disk for tests (stdlib only, a few tiny files).
 
-Contents only need to satisfy hpc_eval.checkpoint's checks; nothing here needs torch. Layouts
-follow section 8 of the shared note megatron-bridge-checkpoints.md.
+By default an iteration has the names and files Megatron Bridge 0.3.1 / Megatron-Core 0.16.1
+write (see tests/data/real-mbridge): common.pt, __0_0.distcp and __0_1.distcp (two files for
+rank 0), a .metadata pickle in the shape of torch's Metadata (written without torch), metadata.json
+with the four keys, train_state.pt, run_config.yaml and a three-file tokenizer/. Contents only
+need to satisfy hpc_eval.checkpoint's checks.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -30,6 +34,10 @@ METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
 LEGACY_METADATA_JSON = {**METADATA_JSON, "common_backend": "torch", "common_backend_version": 1}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DCP = "torch.distributed.checkpoint.metadata"  # the module of the classes pickled in .metadata
+
+
 def iter_name(step: int) -> str:
     """The directory name Megatron gives iteration `step`."""
     return f"iter_{step:07d}"
@@ -44,7 +52,7 @@ def make_iter(
     parent: str | Path,
     step: int,
     *,
-    common_pt: bool = False,
+    common_pt: bool = True,
     tokenizer: bool = True,
     peft: bool = False,
     fmt: str = "torch_dist",
@@ -55,14 +63,15 @@ def make_iter(
 ) -> Path:
     """Write parent/iter_NNNNNNN, a complete checkpoint unless the options break it.
 
-    `missing` drops files, `zero_byte` empties them, `extra` adds or overwrites them (a mapping
-    name -> bytes, or names written with a placeholder byte). .metadata always names every
-    shard, so a shard in `missing` is "named in .metadata but missing".
+    `missing` drops files (a folder name such as "tokenizer" drops all of it), `zero_byte` empties
+    them, `extra` adds or overwrites them (a mapping name -> bytes, or names written with a
+    placeholder byte). .metadata records every shard's items, so a shard in `missing` is "named
+    in .metadata but missing" and a shorter shard in `extra` is cut short. `common_pt=False` is
+    the layout of Megatron-Core >= 0.19 (no common.pt, two keys in metadata.json).
     """
     path = Path(parent) / iter_name(step)
-    shard_names = [f"__{rank}_0.distcp" for rank in range(shards)]
-    files = {name: f"shard{rank}".encode() for rank, name in enumerate(shard_names)}
-    files[".metadata"] = b"\x80\x04fake " + " ".join(shard_names).encode()
+    files = shard_files(shards)
+    files[".metadata"] = dcp_metadata(files)
     if fmt == "torch_dist":
         files["metadata.json"] = json.dumps(
             LEGACY_METADATA_JSON if common_pt else METADATA_JSON
@@ -74,13 +83,75 @@ def make_iter(
         fmt=fmt, peft=PEFT_LORA if peft else PEFT_NONE
     ).encode()
     if tokenizer:
-        files["tokenizer/tokenizer.json"] = b"{}"
+        files.update({f"tokenizer/{name}": b"{}" for name in TOKENIZER_FILES})
     files.update(extra if isinstance(extra, Mapping) else dict.fromkeys(extra, b"x"))
     files.update(dict.fromkeys(zero_byte, b""))
     for name in missing:
-        files.pop(name, None)
+        files = {key: data for key, data in files.items() if key != name and not key.startswith(name + "/")}
     _write(path, files)
     return path
+
+
+def shard_files(count: int = 2) -> dict[str, bytes]:
+    """Shard files as one rank writes them: __0_0.distcp, __0_1.distcp, ... (a few bytes each)."""
+    return {f"__0_{index}.distcp": f"shard{index}-weights".encode() for index in range(count)}
+
+
+def dcp_metadata(shards: Mapping[str, bytes]) -> bytes:
+    """A .metadata pickle shaped like torch's: Metadata(storage_data={MetadataIndex: _StorageInfo}).
+
+    Each shard holds two items that together fill it, so the recorded size of a shard is its
+    length. Written opcode by opcode, since pickle itself only names classes it can import.
+    """
+    state_dict_metadata, storage_data = {}, {}
+    for name, data in shards.items():
+        half = len(data) // 2
+        for offset, length in ((0, half), (half, len(data) - half)):
+            fqn = f"{name.removesuffix('.distcp')}.item{offset}"
+            state_dict_metadata[fqn] = _Object(DCP, "BytesStorageMetadata", {})
+            index = _Object(DCP, "MetadataIndex", {"fqn": fqn, "offset": None, "index": None})
+            storage_data[index] = _Object(
+                "torch.distributed.checkpoint.filesystem",
+                "_StorageInfo",
+                {"relative_path": name, "offset": offset, "length": length},
+            )
+    metadata = _Object(
+        DCP,
+        "Metadata",
+        {
+            "state_dict_metadata": state_dict_metadata,
+            "planner_data": None,
+            "storage_data": storage_data,
+            "storage_meta": None,
+            "version": "1.0.0",
+        },
+    )
+    return b"\x80\x02" + _pickle(metadata) + b"."
+
+
+class _Object:
+    """An instance of a class that pickle cannot import here: module, class name and __dict__."""
+
+    def __init__(self, module: str, name: str, state: dict):
+        self.module, self.name, self.state = module, name, state
+
+
+def _pickle(value) -> bytes:
+    """Protocol 2 opcodes for str, int, None, dict and _Object (as a dataclass pickles)."""
+    if value is None:
+        return b"N"
+    if isinstance(value, str):
+        data = value.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+    if isinstance(value, int):
+        return b"J" + struct.pack("<i", value)
+    if isinstance(value, dict):
+        items = b"".join(_pickle(key) + _pickle(item) for key, item in value.items())
+        return b"}(" + items + b"u"
+    if isinstance(value, _Object):  # copyreg.__newobj__: GLOBAL, (), NEWOBJ, then BUILD __dict__
+        cls = f"c{value.module}\n{value.name}\n".encode()
+        return cls + b")\x81" + _pickle(value.state) + b"b"
+    raise TypeError(f"cannot pickle {value!r}")
 
 
 def make_run(
@@ -135,8 +206,8 @@ def make_nemo2(path: str | Path) -> Path:
         {
             "context/io.json": b"{}",
             "weights/metadata.json": json.dumps(METADATA_JSON).encode(),
-            "weights/.metadata": b"\x80\x04fake __0_0.distcp",
-            "weights/__0_0.distcp": b"shard0",
+            "weights/.metadata": dcp_metadata(shard_files(1)),
+            "weights/__0_0.distcp": shard_files(1)["__0_0.distcp"],
         },
     )
 

@@ -39,8 +39,8 @@ def test_complete_iter_dir_in_a_run_is_valid(tmp_path):
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param({}, id="current-mcore-no-common-pt"),
-        pytest.param({"common_pt": True}, id="legacy-mcore-with-common-pt"),
+        pytest.param({"common_pt": False}, id="current-mcore-no-common-pt"),
+        pytest.param({}, id="legacy-mcore-with-common-pt"),
         pytest.param({"shards": 1}, id="one-shard"),
         pytest.param(
             {"extra": ["modelopt_state/metadata.json", "hf/config.json", "hf/model.safetensors"]},
@@ -86,8 +86,8 @@ def _half_written(missing=(), **options):
     return build
 
 
-LATER_FILES = ("metadata.json", "train_state.pt", "run_config.yaml", "tokenizer/tokenizer.json")
-SHARDS = ("__0_0.distcp", "__1_0.distcp")
+LATER_FILES = ("metadata.json", "train_state.pt", "run_config.yaml", "tokenizer")
+SHARDS = ("__0_0.distcp", "__0_1.distcp")
 
 # (case id, builder(tmp_path) -> path, expected Verdict.format, words the reason must contain;
 #  "{tmp}" stands for tmp_path)
@@ -118,14 +118,14 @@ INVALID_CASES = [
      [".metadata without metadata.json", "finalize", "{tmp}/checkpoints/iter_0002000"]),
     ("finalize-interrupted", _half_written(LATER_FILES[2:]), None,
      ["train_state.pt without run_config.yaml", "interrupted", "{tmp}/checkpoints/iter_0002000"]),
-    ("zero-byte-shard", lambda t: make_iter(t, 1000, zero_byte=["__1_0.distcp"]), None,
-     ["truncated", "zero-byte __1_0.distcp", "earlier iteration"]),
+    ("zero-byte-shard", lambda t: make_iter(t, 1000, zero_byte=["__0_1.distcp"]), None,
+     ["truncated", "zero-byte __0_1.distcp", "earlier iteration"]),
     ("zero-byte-metadata", lambda t: make_iter(t, 1000, zero_byte=[".metadata"]), None,
      ["zero-byte .metadata"]),
     ("zero-byte-train-state", lambda t: make_iter(t, 1000, zero_byte=["train_state.pt"]), None,
      ["zero-byte train_state.pt"]),
-    ("shard-named-in-metadata-missing", lambda t: make_iter(t, 1000, missing=["__1_0.distcp"]), None,
-     ["missing shard files named in .metadata: __1_0.distcp"]),
+    ("shard-named-in-metadata-missing", lambda t: make_iter(t, 1000, missing=["__0_1.distcp"]), None,
+     ["missing shard files named in .metadata: __0_1.distcp"]),
     ("metadata-json-not-json", lambda t: make_iter(t, 1000, extra={"metadata.json": b"not json"}), None,
      ["metadata.json is not a JSON object (damaged)"]),
     ("metadata-json-zarr",
