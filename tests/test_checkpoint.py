@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 
 import pytest
@@ -126,6 +127,15 @@ INVALID_CASES = [
      ["zero-byte train_state.pt"]),
     ("shard-named-in-metadata-missing", lambda t: make_iter(t, 1000, missing=["__0_1.distcp"]), None,
      ["missing shard files named in .metadata: __0_1.distcp"]),
+    ("shard-cut-short", lambda t: make_iter(t, 1000, extra={"__0_1.distcp": b"shard1"}), None,
+     ["is truncated: __0_1.distcp has 6 bytes, .metadata records 14; use an earlier iteration"]),
+    ("common-pt-missing", lambda t: make_iter(t, 1000, missing=["common.pt"]), None,
+     ["is missing common.pt, which its metadata.json requires (common_backend 'torch'); "
+      "loading it would fail: use an earlier iteration"]),
+    ("zero-byte-common-pt", lambda t: make_iter(t, 1000, zero_byte=["common.pt"]), None,
+     ["is truncated: zero-byte common.pt"]),
+    ("metadata-not-a-pickle", lambda t: make_iter(t, 1000, extra={".metadata": b"\x80\x04fake __0_0.distcp"}),
+     None, ["/.metadata cannot be read (", "not written by torch.distributed.checkpoint"]),
     ("metadata-json-not-json", lambda t: make_iter(t, 1000, extra={"metadata.json": b"not json"}), None,
      ["metadata.json is not a JSON object (damaged)"]),
     ("metadata-json-zarr",
@@ -167,6 +177,43 @@ def test_invalid_layouts_name_the_problem_and_the_fix(tmp_path, build, fmt, expe
     assert str(path) in verdict.reason
     for words in expected:
         assert words.format(tmp=tmp_path) in verdict.reason
+
+
+def test_common_pt_is_not_required_when_metadata_json_names_no_common_backend(tmp_path):
+    verdict = validate(make_iter(tmp_path, 1000, common_pt=False))
+    assert verdict.ok, verdict.reason
+    assert not (verdict.path / "common.pt").exists()
+
+
+def test_shards_longer_than_metadata_records_are_valid(tmp_path):
+    verdict = validate(make_iter(tmp_path, 1000, extra={"__0_0.distcp": b"shard0-weights+padding"}))
+    assert verdict.ok, verdict.reason
+
+
+class _CreatesAFile:
+    """Unpickled by pickle.loads, this calls os.mkdir(path): what a hostile .metadata could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_metadata_reader_runs_nothing_from_the_file(tmp_path):
+    live = tmp_path / "made-by-plain-pickle"
+    pickle.loads(pickle.dumps(_CreatesAFile(live)))
+    assert live.is_dir(), "the test pickle must really act when unpickled"
+    marker = tmp_path / "made-by-the-validator"
+    hostile = {"root": pickle.dumps(_CreatesAFile(marker))}
+    hostile["nested"] = pickle.dumps({"storage_data": {"k": _CreatesAFile(marker)}})
+    for data in hostile.values():
+        path = make_iter(tmp_path / str(len(data)), 1000, extra={".metadata": data})
+        verdict = validate(path)
+        assert not verdict.ok and f"{path}/.metadata cannot be read (ValueError: " in verdict.reason
+        with pytest.raises(ValueError):
+            checkpoint.shard_ends(data)
+    assert not marker.exists()
 
 
 def test_parent_dir_suggests_the_iter_dir_named_by_the_tracker(tmp_path):
