@@ -202,39 +202,29 @@ def _read_metadata_json(metadata_json: os.DirEntry) -> tuple[str | None, str | N
 
 
 class _Holder:
-    """Stands for every class .metadata names: keeps the state the pickle gives it, runs nothing."""
+    """Stands for every class .metadata names: keeps what the pickle gives it, runs nothing.
 
-    state: dict = {}
+    Identity hash, so storage_data's keys (MetadataIndex) stay apart.
+    """
 
-    def __init__(self, *args, **kwargs):  # called for REDUCE: the args are data, never called
-        self.state = {"args": args}
+    state = None
 
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ values)
-            state = {**(state[0] or {}), **(state[1] or {})}
-        self.state = state if isinstance(state, dict) else {"state": state}
+    def __init__(self, *args):  # called for REDUCE: keep the args as data, call nothing
+        self.args = args
 
-    __hash__ = object.__hash__  # storage_data's keys (MetadataIndex) must stay usable as keys
+    def __setstate__(self, state):  # BUILD: a dataclass's __dict__, or what __getstate__ gave
+        self.state = state
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Maps every class or callable a pickle names to a fresh _Holder subclass: no import, no call.
+    """Gives _Holder for every class or callable a pickle names: no import, no call of its code.
 
-    Without this, unpickling runs whatever callable the file names (os.system, say). OrderedDict
+    Plain pickle.load would run whatever callable the file names (os.system, say). OrderedDict
     alone stays real, since it holds data and runs nothing.
     """
 
-    def __init__(self, data: bytes):
-        super().__init__(io.BytesIO(data))
-        self._types: dict[tuple[str, str], type] = {}
-
     def find_class(self, module: str, name: str):
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        key = (module, name)
-        if key not in self._types:
-            self._types[key] = type(str(name), (_Holder,), {})
-        return self._types[key]
+        return OrderedDict if (module, name) == ("collections", "OrderedDict") else _Holder
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids are not part of a .metadata file")
@@ -254,13 +244,14 @@ def shard_ends(metadata: bytes) -> dict[str, int]:
     (MetadataIndex) to _StorageInfo(relative_path, offset, length). Raises one of _UNREADABLE
     (ValueError when the pickle is readable but not in that shape).
     """
-    root = _RestrictedUnpickler(metadata).load()
-    storage = root.state.get("storage_data") if isinstance(root, _Holder) else None
+    root = _RestrictedUnpickler(io.BytesIO(metadata)).load()
+    state = root.state if isinstance(root, _Holder) else None
+    storage = state.get("storage_data") if isinstance(state, dict) else None
     if not isinstance(storage, dict):
         raise ValueError("no storage_data")
     ends: dict[str, int] = {}
     for info in storage.values():
-        fields = info.state if isinstance(info, _Holder) else {}
+        fields = info.state if isinstance(info, _Holder) and isinstance(info.state, dict) else {}
         name, offset, length = (fields.get(key) for key in ("relative_path", "offset", "length"))
         if not (isinstance(name, str) and isinstance(offset, int) and isinstance(length, int)):
             raise ValueError("a storage_data entry without relative_path, offset and length")
