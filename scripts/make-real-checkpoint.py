@@ -10,12 +10,13 @@ packages; scripts/real-checkpoint-requirements.txt lists what they import instea
     /path/to/mbridge-venv/bin/pip install --no-deps megatron-bridge==0.3.1 megatron-core==0.16.1
     /path/to/mbridge-venv/bin/python scripts/make-real-checkpoint.py tests/data/real-mbridge
 
-It replaces OUT with (about a minute on two cores, no network, no GPU):
+It replaces OUT with (two minutes on two busy cores, no network, no GPU):
   train_run/                 iter_0000010 and iter_0000020 (sync saves), iter_0000030 (an async save,
                              finalized), both trackers: save_checkpoint as training calls it
   train_run_async_midway/    a copy of train_run taken after the async save of step 30 wrote its
                              shards but before its finalize ran (tracker still at 20)
   hf_export/                 iter_0000030 exported back to Hugging Face by AutoBridge.export_ckpt
+                             (Bridge 0.3.1 has no also_save_hf_checkpoint, so no iter_N/hf/)
   VERSIONS                   the packages that wrote all this
 The model is a random Llama (hidden 16, one layer, vocabulary 300) with a BPE tokenizer trained
 here, so nothing comes from a hub.
@@ -159,9 +160,14 @@ def train(hf_dir: Path, run_dir: Path, midway_dir: Path):
     from megatron.bridge import AutoBridge
     from megatron.bridge.models.gpt_provider import local_layer_spec
     from megatron.bridge.training import checkpointing
-    from megatron.bridge.training.config import (CheckpointConfig, ConfigContainer, LoggerConfig,
-                                                 MockGPTDatasetConfig, OptimizerConfig,
-                                                 TrainingConfig)
+    from megatron.bridge.training.config import (
+        CheckpointConfig,
+        ConfigContainer,
+        LoggerConfig,
+        MockGPTDatasetConfig,
+        OptimizerConfig,
+        TrainingConfig,
+    )
     from megatron.bridge.training.state import GlobalState
     from megatron.bridge.training.tokenizers.config import TokenizerConfig
     from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer

@@ -130,8 +130,8 @@ INVALID_CASES = [
     ("shard-cut-short", lambda t: make_iter(t, 1000, extra={"__0_1.distcp": b"shard1"}), None,
      ["is truncated: __0_1.distcp has 6 bytes, .metadata records 14; use an earlier iteration"]),
     ("common-pt-missing", lambda t: make_iter(t, 1000, missing=["common.pt"]), None,
-     ["is missing common.pt, which its metadata.json requires (common_backend 'torch'); "
-      "loading it would fail: use an earlier iteration"]),
+     [("is missing common.pt, which its metadata.json requires (common_backend 'torch'); "
+       "loading it would fail: use an earlier iteration")]),
     ("zero-byte-common-pt", lambda t: make_iter(t, 1000, zero_byte=["common.pt"]), None,
      ["is truncated: zero-byte common.pt"]),
     ("metadata-not-a-pickle", lambda t: make_iter(t, 1000, extra={".metadata": b"\x80\x04fake __0_0.distcp"}),

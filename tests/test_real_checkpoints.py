@@ -126,23 +126,36 @@ def _zero_shard(it: Path) -> None:
     (it / "__0_1.distcp").write_bytes(b"")
 
 
+EARLIER = "use an earlier iteration"
+WAIT = f"wait for the save to finish or {EARLIER}"
 BROKEN = {
     # the two that passed before the size and common.pt rules
-    "shard-cut-short": (_cut_shard, "{it} is truncated: __0_0.distcp has 1000 bytes, .metadata "
-                                    "records {end}; use an earlier iteration"),
-    "common-pt-removed": (lambda it: (it / "common.pt").unlink(),
-                          "{it} is missing common.pt, which its metadata.json requires "
-                          "(common_backend 'torch'); loading it would fail: use an earlier iteration"),
-    "metadata-removed": (lambda it: (it / ".metadata").unlink(),
-                         "{it} is incomplete: *.distcp shards without .metadata (shards still being "
-                         "written, or the job died during an async save); wait for the save to "
-                         "finish or use an earlier iteration"),
-    "metadata-json-removed": (lambda it: (it / "metadata.json").unlink(),
-                              "{it} is incomplete: .metadata without metadata.json (the Megatron-Core "
-                              "finalize did not run); wait for the save to finish or use an earlier "
-                              "iteration"),
-    "zero-byte-shard": (_zero_shard, "{it} is truncated: zero-byte __0_1.distcp; use an earlier "
-                                     "iteration"),
+    "shard-cut-short": (
+        _cut_shard,
+        f"{{it}} is truncated: __0_0.distcp has 1000 bytes, .metadata records {{end}}; {EARLIER}",
+    ),
+    "common-pt-removed": (
+        lambda it: (it / "common.pt").unlink(),
+        (
+            f"{{it}} is missing common.pt, which its metadata.json requires (common_backend 'torch'); "
+            f"loading it would fail: {EARLIER}"
+        ),
+    ),
+    "metadata-removed": (
+        lambda it: (it / ".metadata").unlink(),
+        (
+            f"{{it}} is incomplete: *.distcp shards without .metadata (shards still being written, or "
+            f"the job died during an async save); {WAIT}"
+        ),
+    ),
+    "metadata-json-removed": (
+        lambda it: (it / "metadata.json").unlink(),
+        (
+            f"{{it}} is incomplete: .metadata without metadata.json (the Megatron-Core finalize did "
+            f"not run); {WAIT}"
+        ),
+    ),
+    "zero-byte-shard": (_zero_shard, f"{{it}} is truncated: zero-byte __0_1.distcp; {EARLIER}"),
 }
 
 
