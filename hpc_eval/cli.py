@@ -350,9 +350,8 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     error; 75 another pass is still running.
     """
     from hpc_eval import config as config_lib
-    from hpc_eval import submit as submit_lib
-    from hpc_eval.slurm import slurm_settings
     from hpc_eval import watch as watch_lib
+    from hpc_eval.slurm import slurm_settings
     from hpc_eval.errors import UsageError
 
     run_dirs, overrides = split_dirs_and_overrides(arguments)

@@ -30,8 +30,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpc_eval.executor_scripts import RUNTIMES, Options, add_secrets, plan_task, render_script, task_commands
+from hpc_eval.executor_scripts import Options, add_secrets, plan_task, render_script, task_commands
 from hpc_eval.launcher_tree import clear_stages, is_running, new_invocation_dir, read_stage_exit, was_interrupted
+from hpc_eval.resources import RUNTIMES
 from hpc_eval.store import write_json
 
 EXECUTOR = "hpc_eval"

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpc_eval.resources import RUNTIME_CHOICES, RUNTIMES, TEMPLATES
+from hpc_eval.resources import RUNTIME_CHOICES, TEMPLATES
 
 ARTIFACTS = "$artifacts_dir"  # the task's artifacts dir as the driver script names it
 

@@ -25,8 +25,8 @@ from typing import Any, Callable
 from hpc_eval import checkpoint as ckpt
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
-from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.slurm import require_slurm
+from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, run_of
 from hpc_eval.submit import PlannedEvaluation, prepare, submit, write_request
 

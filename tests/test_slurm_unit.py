@@ -173,3 +173,26 @@ def test_sbatch_preview_renders_one_job_and_an_array(tmp_path):
         assert line in one
     assert not any(line.startswith("#SBATCH --array") for line in one)
     assert "#SBATCH --array=0-9%4" in sbatch_preview(settings, tmp_path, "hpc-eval:run:10ckpts", 10).splitlines()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("slurm.gpus_per_node=two", "gpus_per_node"), ("slurm.gpus_per_node=-1", "gpus_per_node"),
+    ("slurm.cpus_per_task=abc", "cpus_per_task"), ("slurm.mem=1G;x", "mem"), ("slurm.time=xyz", "time"),
+    ("slurm.gpus=2", "gpus"),
+])
+def test_submit_refuses_a_bad_slurm_value_before_writing_anything(tmp_path, monkeypatch, override, key):
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from hpc_eval.cli import main
+
+    for name in ("cwd", "tmp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where --dry-run would save
+    result = CliRunner().invoke(main, ["submit", "-c", "tiny_chat", "--dry-run", "--output-dir", str(tmp_path / "out"), override])
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and f"slurm.{key}" in lines[0], result.output
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["cwd", "tmp"]
