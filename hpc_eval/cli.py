@@ -126,13 +126,14 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
     """
     from hpc_eval import config as config_lib
     from hpc_eval import submit as submit_lib
+    from hpc_eval.slurm import slurm_settings
 
     selection = submit_lib.Selection(select_all, latest, every, from_step, to_step)
     choice = submit_lib.choose_checkpoints(list(checkpoints), selection, strict=strict)
     first = choice.valid[0][0] if choice.valid else None
     config = config_lib.load_config(config_name, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir)
     config_lib.preflight(config)
-    settings = submit_lib.slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
+    settings = slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     result = submit_lib.submit_evaluations(config, choice, settings, run=run_label, force=force, dry_run=dry_run)
     if as_json:
         emit_json({**result.to_dict(), "output_dir": str(config.output_dir), **follow_up_commands(result, config.output_dir)})
@@ -165,7 +166,7 @@ def print_submit_result(result, output_dir) -> None:
         if result.sbatch_script and count:
             click.echo("sbatch script:\n" + result.sbatch_script)
         if count:
-            from hpc_eval.runtime import describe_commands
+            from hpc_eval.executor import describe_commands
 
             first = result.to_submit[0]
             commands = describe_commands(first.paths.launcher_config)
@@ -349,8 +350,8 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     error; 75 another pass is still running.
     """
     from hpc_eval import config as config_lib
-    from hpc_eval import submit as submit_lib
     from hpc_eval import watch as watch_lib
+    from hpc_eval.slurm import slurm_settings
     from hpc_eval.errors import UsageError
 
     run_dirs, overrides = split_dirs_and_overrides(arguments)
@@ -358,7 +359,7 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     if missing or not run_dirs:
         raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")
     base = config_lib.load_config(config_name, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir)
-    settings = submit_lib.slurm_settings(base, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
+    settings = slurm_settings(base, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     options = watch_lib.WatchOptions(max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None)
     while True:
         result = watch_lib.watch_pass([Path(path) for path in run_dirs], base.for_checkpoint, settings, options)
@@ -452,7 +453,8 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
 
 def resubmit_missing(rows: list[dict]) -> None:
     """Send the evaluations with missing results again as one array (live ones are left alone)."""
-    from hpc_eval.status import LIVE_STATES, collect_status
+    from hpc_eval.slurm import LIVE_STATES
+    from hpc_eval.status import collect_status
     from hpc_eval.store import EvalPaths
     from hpc_eval.submit import resubmit
 

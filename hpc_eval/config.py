@@ -21,35 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
+from hpc_eval.resources import BUILTIN_CONFIGS, RUNTIME_CHOICES
+from hpc_eval.slurm import SLURM_DEFAULTS, SlurmSettings, check_slurm_keys
 
 TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
 # Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
 # submit again from inside the job.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
-# The `slurm:` section: defaults for one single-node GPU evaluation. Every key can be overridden
-# (slurm.time=...) without a `+`; any other sbatch flag goes in additional_parameters.
-SLURM_DEFAULTS: dict[str, Any] = {
-    "partition": None,
-    "account": None,
-    "qos": None,
-    "time": "02:00:00",
-    "nodes": 1,
-    "gpus_per_node": 1,
-    "cpus_per_task": 8,
-    "mem": None,
-    "constraint": None,
-    "exclusive": None,
-    "additional_parameters": {},
-    "srun_args": [],
-    "setup": [],
-    "signal_delay_s": 120,
-    "max_requeues": 3,
-    "array_parallelism": 32,
-    "max_array_size": None,  # None: the cluster's MaxArraySize (scontrol show config)
-}
-BUILTIN_CONFIGS = Path(__file__).parent / "configs"
-if not BUILTIN_CONFIGS.is_dir():  # an editable install: the top-level configs/ folder
-    BUILTIN_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 @dataclass
@@ -61,7 +39,7 @@ class EvalConfig:
     output_dir: Path
     dry_run: bool = False
     task_filters: list[str] | None = None
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     unresolved: DictConfig | None = field(default=None, repr=False, compare=False)  # to resolve again per checkpoint
     # True once a second resolution showed the checkpoint path only appears verbatim in the values
     path_is_text: bool | None = field(default=None, repr=False, compare=False)
@@ -112,7 +90,7 @@ class EvalConfig:
             return [swap(item) for item in value] if isinstance(value, list) else value
 
         return EvalConfig(self.source, swap(self.launcher), Path(swap(str(self.output_dir))), self.dry_run,
-                          swap(self.task_filters), swap(self.slurm), self.unresolved, self.path_is_text)
+                          swap(self.task_filters), SlurmSettings(**swap(self.slurm.as_dict())), self.unresolved, self.path_is_text)
 
 
 def builtin_names() -> list[str]:
@@ -183,9 +161,7 @@ def restore_missing(cfg: DictConfig, data: dict[str, Any], prefix: str = "") -> 
 def with_slurm_defaults(cfg: DictConfig, source: Path) -> DictConfig:
     """Fill the `slurm:` section with every known key, so overrides need no `+`."""
     given = cfg.get("slurm") or {}
-    unknown = sorted(set(given) - set(SLURM_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key slurm.{unknown[0]}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)")
+    check_slurm_keys(given, str(source))
     cfg.slurm = OmegaConf.merge(SLURM_DEFAULTS, given)
     return cfg
 
@@ -216,8 +192,8 @@ def apply_override(cfg: DictConfig, item: str, source: Path) -> None:
         raise ConfigError(f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5")
     adding = item.startswith("+")
     key, _, _ = item.lstrip("+").partition("=")
-    if key.startswith("slurm.") and key.split(".")[1] not in SLURM_DEFAULTS:  # `+` would be silently ignored
-        raise ConfigError(f"override '{item}': unknown key {key}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)")
+    if key.startswith("slurm."):  # `+` would be silently ignored
+        check_slurm_keys([key.split(".")[1]], f"override '{item}'")
     if not adding and not key_exists(cfg, key):
         raise ConfigError(f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key")
     try:
@@ -290,7 +266,7 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     if task_filters is not None and not isinstance(task_filters, list):
         raise ConfigError(f"{source}: task_filters must be a list such as [name, name.0], not {task_filters!r}")
     output_dir = Path(tool.get("output_dir") or "./results").expanduser().absolute()
-    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, {**SLURM_DEFAULTS, **(tool.get("slurm") or {})}, cfg)
+    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
     check_launcher_shape(config)
     return config
 
@@ -307,8 +283,6 @@ def check_launcher_shape(config: EvalConfig) -> None:
     if execution_type not in IN_JOB_EXECUTORS:
         raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
     if execution_type == "hpc_eval":
-        from hpc_eval.runtime_scripts import RUNTIME_CHOICES
-
         runtime = launcher["execution"].get("runtime", "auto")
         if runtime not in RUNTIME_CHOICES:
             raise ConfigError(f"{source}: execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval.errors import EvaluationFailed
+from hpc_eval.launcher_tree import find_invocation_dir, task_outcome
 from hpc_eval.store import EvalPaths, now_iso, read_json, write_json
 
 CLEANUP_BUDGET_S = 4.0  # Slurm's KillWait is 30 s by default, 5 s on the local test cluster
@@ -184,7 +185,7 @@ def start_launcher(paths: EvalPaths) -> "Launcher":
 
     paths.launcher_state.mkdir(exist_ok=True)
     import_launcher(paths.launcher_state)
-    from hpc_eval.runtime import register
+    from hpc_eval.executor import register
 
     register()  # execution.type: hpc_eval (docker, pyxis, apptainer or no container)
     return Launcher()
@@ -220,10 +221,10 @@ class Launcher:
         sessions = child_sessions()
         jobs = ExecutionDB().get_jobs(invocation_id)
         task_dirs = {job.data["output_dir"].rsplit("/", 1)[-1]: Path(job.data["output_dir"]) for job in jobs.values()}
-        found = sorted(Path(cfg.execution.output_dir).glob(f"*-{invocation_id}"))
-        for secrets in found[0].rglob(".secrets.env") if found else []:
+        directory = find_invocation_dir(cfg.execution.output_dir, invocation_id)
+        for secrets in directory.rglob(".secrets.env") if directory else []:
             secrets.chmod(0o600)  # the launcher writes the resolved secrets readable by everyone
-        return Invocation(invocation_id, found[0] if found else None, task_dirs, sessions)
+        return Invocation(invocation_id, directory, task_dirs, sessions)
 
     def collect(self, invocation: Invocation) -> dict[str, dict[str, Any]]:
         """Each task's status, exit code and metrics; only trust results.yml when stage.exit is 0."""
@@ -279,48 +280,3 @@ def kill_containers(names: list[str], budget_s: float) -> None:
 
 def ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def task_outcome(task_dir: Path) -> dict[str, Any]:
-    exit_code = read_stage_exit(task_dir)
-    results = task_dir / "artifacts" / "results.yml"
-    outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
-    if exit_code == 0 and results.exists():
-        outcome.update(status="success", metrics=read_metrics(results))
-    elif exit_code is None:
-        outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
-    else:
-        detail = "no artifacts/results.yml" if exit_code == 0 else f"exit code {exit_code}"
-        outcome.update(status="failed", reason=f"{detail}; see {task_dir / 'logs' / 'client_stdout.log'}: {log_tail(task_dir)}")
-    return outcome
-
-
-def read_stage_exit(task_dir: Path) -> int | None:
-    """The task's exit code from logs/stage.exit ('<ISO time> <code>'), None when absent."""
-    try:
-        return int((task_dir / "logs" / "stage.exit").read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def log_tail(task_dir: Path, lines: int = 3) -> str:
-    try:
-        text = (task_dir / "logs" / "client_stdout.log").read_text(errors="replace")
-    except OSError:
-        return "(no client log)"
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
-
-
-def read_metrics(results_yml: Path) -> dict[str, float]:
-    """`{task/metric[/score]: value}` from results.yml's `results.tasks` and `results.groups`."""
-    import yaml
-
-    results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
-    metrics: dict[str, float] = {}
-    for kind in ("groups", "tasks"):  # tasks win where both name the same metric
-        for task, body in (results.get(kind) or {}).items():
-            for metric, scores in ((body or {}).get("metrics") or {}).items():
-                for score, value in ((scores or {}).get("scores") or {}).items():
-                    name = f"{task}/{metric}" if score == metric else f"{task}/{metric}/{score}"
-                    metrics[name] = (value or {}).get("value")
-    return metrics

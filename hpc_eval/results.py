@@ -3,7 +3,7 @@
 An evaluation's scores come from its summary.json once the payload wrote a final one, else (the
 job is still running, or died before writing it) from the launcher's own tree, where a task's
 results.yml counts only when its logs/stage.exit says 0. Rows are checkpoints ordered by run and
-training step; columns are metric keys as `payload.read_metrics` names them.
+training step; columns are metric keys as `launcher_tree.read_metrics` names them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from hpc_eval.errors import UsageError
-from hpc_eval.payload import task_outcome
+from hpc_eval.launcher_tree import launcher_tree_outcomes
 from hpc_eval.status import FINAL_SUMMARY_STATES
 from hpc_eval.store import EvalPaths, iter_evaluations
 
@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]  # called with (evaluations read, evaluations in all)
 Metrics = dict[str, Any]  # metric key -> value (a float, or None when the harness wrote none)
-
-INVOCATION_GLOB = "????????_??????-*"  # the launcher's <YYYYmmdd_HHMMSS>-<invocation id> folders
-
 
 @dataclass
 class EvaluationResults:
@@ -138,21 +135,6 @@ def read_evaluation(paths: EvalPaths) -> EvaluationResults:
         task_filters=request.get("task_filters"),
         task_metrics=successes,
     )
-
-
-def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
-    """Each launcher task's outcome, read from its stage.exit and results.yml like the payload does.
-
-    With several invocations (a forced re-run), a task's newest success wins and a later failure
-    does not hide an earlier success.
-    """
-    outcomes: dict[str, dict[str, Any]] = {}
-    for invocation in sorted(eval_dir.glob(INVOCATION_GLOB)):
-        for task_dir in sorted(path for path in invocation.iterdir() if path.is_dir()):
-            outcome = task_outcome(task_dir)
-            if outcome["status"] == "success" or task_dir.name not in outcomes:
-                outcomes[task_dir.name] = outcome
-    return outcomes
 
 
 def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:

@@ -7,12 +7,13 @@ many evaluations there are, a call makes at most one `squeue` and one `sacct` ca
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from hpc_eval.launcher_tree import task_logs
+from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
 from hpc_eval.store import EvalPaths, iter_evaluations
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
@@ -20,7 +21,6 @@ FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 ASK_SLURM_SUMMARY_STATES = {"CANCELLED"}
 # Ended by the cluster, not by the evaluation or a user: worth submitting again.
 RETRYABLE_STATES = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
-LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT"}
 UNSUBMITTED = "UNSUBMITTED"  # claimed, but no sbatch recorded (the pass may have died in between)
 
 
@@ -41,13 +41,6 @@ class EvaluationStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class SlurmJobState:
-    state: str
-    elapsed: str = ""
-    reason: str = ""
 
 
 def collect_status(roots: Iterable[Path]) -> list[EvaluationStatus]:
@@ -110,49 +103,6 @@ def format_seconds(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(int(seconds)))
 
 
-def base_job_ids(job_ids: Iterable[str]) -> list[str]:
-    """Slurm accepts an array's id for all its tasks: `123_4` is asked for as `123`."""
-    return sorted({job.split("_")[0] for job in job_ids})
-
-
-def query_squeue(job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """Live jobs among `job_ids` (array tasks one per line), in one squeue call."""
-    if not job_ids:
-        return {}
-    output = run_quietly(["squeue", "-h", "-r", "-o", "%i|%T|%M|%r", "-j", ",".join(base_job_ids(job_ids))])
-    states = {}
-    for line in output.splitlines():
-        job, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
-        states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip())
-    # With -j, squeue also shows jobs that just ended; their final word comes from sacct.
-    return {job: states[job] for job in job_ids if job in states and states[job].state in LIVE_STATES}
-
-
-def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """Final (or last known) states of `job_ids` from accounting, in one sacct call."""
-    if not job_ids:
-        return {}
-    output = run_quietly(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed", "-j", ",".join(base_job_ids(job_ids))])
-    states = {}
-    for line in output.splitlines():
-        parts = line.split("|")
-        if len(parts) < 4:
-            continue
-        job, state, exit_code, elapsed = parts[:4]
-        word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
-        reason = state if word != state else (f"exit code {exit_code}" if word == "FAILED" else "")
-        states[job] = SlurmJobState(word.rstrip("+"), elapsed, reason)
-    return {job: states[job] for job in job_ids if job in states}
-
-
-def run_quietly(command: list[str]) -> str:
-    """A Slurm query's stdout; empty when Slurm cannot answer (status then says UNKNOWN)."""
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
     """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`."""
     path = Path(target)
@@ -173,5 +123,4 @@ def log_files(paths: EvalPaths) -> dict[str, list[Path]]:
     """The Slurm stdout/stderr of the latest attempt and the launcher's per-task logs."""
     attempts = paths.read_attempts()
     slurm_logs = [Path(attempts[-1][key]) for key in ("stdout", "stderr")] if attempts else []
-    task_logs = sorted(paths.root.glob("[0-9]*_[0-9]*-*/*/logs/*.log"))  # <YYYYmmdd_HHMMSS>-<invocation>/
-    return {"slurm": slurm_logs, "tasks": task_logs}
+    return {"slurm": slurm_logs, "tasks": task_logs(paths.root)}

@@ -7,21 +7,19 @@ several, split only where the cluster's MaxArraySize demands it) and records eac
 
 from __future__ import annotations
 
-import contextlib
 import glob as globlib
 import os
-import re
-import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hpc_eval import __version__
-from hpc_eval.config import SLURM_DEFAULTS, EvalConfig, save_launcher_config
-from hpc_eval.errors import CheckpointError, ConfigError, SlurmUnavailable, SubmitError
+from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.errors import CheckpointError, ConfigError
+from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
+                            settings_from, submit_errors)
 from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, now_iso, run_name, write_json
 
 @dataclass
@@ -60,34 +58,6 @@ class SubmittedJob:
         return {"job_id": self.job_id, "submitit_folder": str(self.folder),
                 "tasks": [{"slurm_job_id": task, **ev.to_dict(), **self.log_paths(task)}
                           for task, ev in zip(self.task_ids, self.evaluations)]}
-
-
-def slurm_settings(config: EvalConfig, cli_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `slurm:` section over the defaults, with the command line's shorthands on top."""
-    return settings_from(config.slurm, cli_overrides, config.source)
-
-
-def settings_from(slurm: dict[str, Any], cli_overrides: dict[str, Any] | None, source: Path) -> dict[str, Any]:
-    settings = {**SLURM_DEFAULTS, **slurm}
-    settings.update({key: value for key, value in (cli_overrides or {}).items() if value is not None})
-    settings["time_min"] = time_minutes(settings["time"], source)
-    # USR2 must come before the time limit, or a requeued job dies of it before it starts
-    settings["signal_delay_s"] = min(settings["signal_delay_s"], settings["time_min"] * 30)
-    return settings
-
-
-def time_minutes(value: Any, source: Path) -> int:
-    """Slurm's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", str(value).strip())
-    if not match:
-        raise ConfigError(f"{source}: slurm.time {value!r} is not a Slurm time; write MINUTES, HH:MM:SS or D-HH:MM:SS")
-    days = int(match.group(1) or 0)
-    parts = [int(part) for part in match.group(2).split(":")]
-    if days:
-        hours, minutes, seconds = parts + [0] * (3 - len(parts))
-    else:
-        hours, minutes, seconds = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (0, parts[0], parts[1] if len(parts) == 2 else 0)
-    return max(1, days * 1440 + hours * 60 + minutes + (1 if seconds else 0))
 
 
 def plan(config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run: str | None = None, force: bool = False) -> list[PlannedEvaluation]:
@@ -134,65 +104,13 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
         "config_source": str(config.source),
         "task_filters": config.task_filters,
         "dry_run": config.dry_run,
-        "slurm": config.slurm,  # so that a later resubmission asks for the same resources
+        "slurm": config.slurm.as_dict(),  # so that a later resubmission asks for the same resources
         "hpc_eval_version": __version__,
         "created_at": now_iso(),
     })
 
 
-def require_slurm() -> None:
-    if shutil.which("sbatch") is None:
-        raise SlurmUnavailable("sbatch is not on PATH: run hpc-eval on a Slurm login node (for a local test cluster: bash scripts/start-slurm.sh)")
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (array indices run 0..MaxArraySize-1)."""
-    try:
-        output = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 1001  # Slurm's default
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", output, re.M)
-    return int(match.group(1)) if match else 1001
-
-
-def make_executor(folder: Path, settings: dict[str, Any], job_name: str):
-    """A submitit SlurmExecutor (never the local fallback of AutoExecutor)."""
-    import submitit
-
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings["max_requeues"])
-    parameters = {
-        "job_name": job_name,
-        "time": settings["time_min"],
-        "nodes": settings["nodes"],
-        "ntasks_per_node": 1,
-        "cpus_per_task": settings["cpus_per_task"],
-        "signal_delay_s": settings["signal_delay_s"],
-        "array_parallelism": settings["array_parallelism"],
-        "additional_parameters": dict(settings["additional_parameters"] or {}),
-        "srun_args": list(settings["srun_args"] or []),
-        "setup": list(settings["setup"] or []),
-    }
-    for key in ("partition", "account", "qos", "mem", "constraint", "exclusive"):
-        if settings[key] not in (None, False, ""):
-            parameters[key] = settings[key]
-    if settings["gpus_per_node"]:
-        parameters["gpus_per_node"] = settings["gpus_per_node"]
-    executor.update_parameters(**parameters)
-    return executor
-
-
-@contextlib.contextmanager
-def outer_job_hidden() -> Iterator[None]:
-    """Hide an enclosing job's SLURM_* variables (cron from scrontab, submit from a job); keep SLURM_CONF."""
-    prefixes = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")
-    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith(prefixes) and name != "SLURM_CONF"}
-    try:
-        yield
-    finally:
-        os.environ.update(hidden)
-
-
-def submit(evaluations: list[PlannedEvaluation], settings: dict[str, Any], *, array_folder_root: Path) -> list[SubmittedJob]:
+def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
     """Submit the evaluations: one sbatch for one, one array per MaxArraySize chunk for many.
 
     Raises:
@@ -211,7 +129,7 @@ def submit(evaluations: list[PlannedEvaluation], settings: dict[str, Any], *, ar
     else:
         submitted = []
         cluster_limit = max_array_size()
-        chunk = min(settings["max_array_size"] or cluster_limit, cluster_limit)
+        chunk = min(settings.max_array_size or cluster_limit, cluster_limit)
         for start in range(0, len(evaluations), chunk):
             part = evaluations[start:start + chunk]
             array_folder_root.mkdir(parents=True, exist_ok=True)  # mkdtemp: unique even for two submissions in one second
@@ -232,19 +150,6 @@ def write_json_manifest(folder: Path, part: list[PlannedEvaluation]) -> None:
     write_json(folder / "manifest.json", [{"index": index, **ev.to_dict()} for index, ev in enumerate(part)])
 
 
-@contextlib.contextmanager
-def submit_errors() -> Iterator[None]:
-    import submitit
-
-    try:
-        yield
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as error:
-        detail = getattr(error, "stderr", None) or getattr(error, "output", None) or error
-        if isinstance(detail, bytes):
-            detail = detail.decode(errors="replace")
-        raise SubmitError(f"sbatch failed: {' '.join(str(detail).split())}") from None
-
-
 def record_attempts(batch: SubmittedJob) -> None:
     for task_id, evaluation in zip(batch.task_ids, batch.evaluations):
         evaluation.paths.record_attempt({
@@ -261,21 +166,13 @@ def array_label(part: list[PlannedEvaluation]) -> str:
     return f"hpc-eval:{part[0].run}:{len(part)}ckpts"
 
 
+def batch_label(evaluations: list[PlannedEvaluation]) -> str:
+    return job_label(evaluations[0]) if len(evaluations) == 1 else array_label(evaluations) if evaluations else "hpc-eval"
+
+
 def dry_run_dir() -> Path:
     """Where --dry-run saves launcher configs: a temp dir, so that nothing is claimed."""
     return Path(tempfile.mkdtemp(prefix="hpc-eval-dry-run-"))
-
-
-def sbatch_preview(settings: dict[str, Any], evaluations: list[PlannedEvaluation], folder: Path) -> str:
-    """The sbatch script submitit would write (one job, or the array), for --dry-run."""
-    from submitit.slurm.slurm import _make_sbatch_string  # submitit renders its script here
-
-    label = job_label(evaluations[0]) if len(evaluations) == 1 else array_label(evaluations) if evaluations else "hpc-eval"
-    executor = make_executor(folder, settings, label)
-    parameters = dict(executor.parameters)
-    if len(evaluations) > 1:
-        parameters["map_count"] = len(evaluations)
-    return _make_sbatch_string(command=executor._submitit_command_str, folder=folder, **parameters)
 
 
 @dataclass
@@ -358,7 +255,7 @@ class SubmitResult:
         }
 
 
-def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: dict[str, Any], *,
+def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: SlurmSettings, *,
                        run: str | None = None, force: bool = False, dry_run: bool = False) -> SubmitResult:
     """Plan, claim, save and submit; with dry_run, save under a temp dir and submit nothing.
 
@@ -377,7 +274,7 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: d
             ev.paths.root.mkdir(parents=True)
             write_request(config, ev)
         folder = result.to_submit[0].paths.submitit if len(result.to_submit) == 1 else preview_root / ".arrays" / "preview"
-        result.sbatch_script = sbatch_preview(settings, result.to_submit, folder)
+        result.sbatch_script = sbatch_preview(settings, folder, batch_label(result.to_submit), len(result.to_submit))
         return result
     if result.to_submit:
         require_slurm()

@@ -25,9 +25,10 @@ from typing import Any, Callable
 from hpc_eval import checkpoint as ckpt
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
+from hpc_eval.slurm import require_slurm
 from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, run_of
-from hpc_eval.submit import PlannedEvaluation, prepare, require_slurm, submit, write_request
+from hpc_eval.submit import PlannedEvaluation, prepare, submit, write_request
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
 
@@ -247,9 +248,8 @@ def render_cron(watch_args: list[str], *, executable: str, cwd: Path, path_env: 
     import shlex
     from string import Template
 
-    from hpc_eval.config import BUILTIN_CONFIGS
+    from hpc_eval.resources import TEMPLATES as templates
 
-    templates = BUILTIN_CONFIGS.parent / "templates"
     values = {
         "minutes": minutes, "cwd": shlex.quote(str(cwd)), "path": shlex.quote(path_env), "partition": partition,
         "time": time_limit, "log": shlex.quote(str(log)), "stop_file": stop_file, "busy_exit": EXIT_PASS_RUNNING,

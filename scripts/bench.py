@@ -53,6 +53,8 @@ sys.path.insert(0, str(REPO / "tests"))  # fakeckpt: fake Megatron Bridge iter d
 
 from fakeckpt import make_iter, make_run, write_tracker  # noqa: E402
 
+from hpc_eval.slurm import max_array_size  # noqa: E402
+
 PYTHON = sys.executable
 HPC_EVAL = str(Path(PYTHON).with_name("hpc-eval")) if Path(PYTHON).with_name("hpc-eval").exists() else shutil.which("hpc-eval") or "hpc-eval"
 BFCL_STUB = REPO / "tests" / "configs" / "bfcl_stub.yaml"
@@ -198,8 +200,7 @@ class Bench:
 
     # ---------------------------------------------------------------- 3. arrays
     def arrays(self) -> None:
-        config = self.run(["scontrol", "show", "config"])[2].stdout
-        limit = int(re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.M).group(1))
+        limit = max_array_size()
         largest = max(self.ns)
         self.run([HPC_EVAL, "submit", "--dry-run", "-c", BFCL_STUB, *HELD])  # its preflight, cached: every N below pays the same
         self.add("arrays", "cluster MaxArraySize (indices 0..MaxArraySize-1)", limit, target=f"> {largest - 1}", ok=limit > largest - 1)
@@ -383,14 +384,14 @@ import json, sys, time
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
 import hpc_eval.cli; mark("import hpc_eval.cli (click)")
-from hpc_eval import config, submit; mark("import config, submit (omegaconf, yaml)")
+from hpc_eval import config, slurm, submit; mark("import config, submit (omegaconf, yaml)")
 cfg = config.load_config("tiny_chat"); mark("load_config")
 if not config.cache_file("preflight", "").parent.is_dir():  # cold
     from hpc_eval.launcher import import_launcher; import_launcher(); mark("import the launcher")
     config.task_catalogue(); mark("task catalogue: the launcher parses it (cache miss)")
 config.preflight(cfg)
 mark("preflight" + ("" if "nemo_evaluator_launcher" in sys.modules else " (cached verdict: no launcher import)"))
-settings = submit.slurm_settings(cfg)
+settings = slurm.slurm_settings(cfg)
 submit.submit_evaluations(cfg, submit.choose_checkpoints([], submit.Selection()), settings, dry_run=True)
 mark("dry-run plan, save, sbatch preview (submitit)")
 print(json.dumps([(name, t - marks[i][1]) for i, (name, t) in enumerate(marks[1:])]))

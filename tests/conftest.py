@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from hpc_eval.slurm import max_array_size
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 START_SLURM_HINT = "local Slurm is not running: start it with `bash scripts/start-slurm.sh`"
@@ -96,8 +98,6 @@ def _probe_slurm() -> tuple[SlurmCluster | None, str]:
     rc, out = _run_quietly(["sacct", "-n", "-X", "-o", "JobID"])
     if rc != 0:
         return None, f"sacct failed (no accounting?): {out.strip()[:300]}"
-    rc, out = _run_quietly(["scontrol", "show", "config"])
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
     gpus = 0
     for gres in rows[0][3].split(","):
         gpu = re.match(r"gpu(?::[^:(]+)?:(\d+)", gres)
@@ -108,7 +108,7 @@ def _probe_slurm() -> tuple[SlurmCluster | None, str]:
             node=rows[0][0],
             cpus=int(rows[0][2]),
             gpus=gpus,
-            max_array_size=int(match.group(1)) if match else 1001,
+            max_array_size=max_array_size(),
             partitions=tuple(dict.fromkeys(row[4].rstrip("*") for row in rows)),
         ),
         "",

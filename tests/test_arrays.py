@@ -199,11 +199,15 @@ def test_repeated_checkpoints_and_a_quoted_glob(tmp_path, training_run):
 
 
 def test_max_array_size_reads_the_cluster(slurm_cluster):
-    from hpc_eval.submit import max_array_size
+    from hpc_eval.slurm import max_array_size
 
-    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
-    (value,) = re.findall(r"^MaxArraySize\s*=\s*(\d+)", config, re.M)
-    assert max_array_size() == int(value) == slurm_cluster.max_array_size
+    limit = max_array_size()
+
+    def accepted(index: int) -> bool:  # --test-only: sbatch checks the request and submits nothing
+        argv = ["sbatch", "--test-only", f"--array={index}", "-p", slurm_cluster.partitions[0], "--wrap=true"]
+        return subprocess.run(argv, capture_output=True, text=True).returncode == 0
+
+    assert accepted(limit - 1) and not accepted(limit)
 
 
 @pytest.mark.slow

@@ -295,7 +295,7 @@ def test_override_tilde_of_missing_key_is_an_error():
 
 def test_override_slurm_keys_need_no_plus_and_unknown_ones_are_refused():
     config = load_config("tiny_chat", ["slurm.time=01:00:00", "slurm.partition=gpu"])
-    assert (config.slurm["time"], config.slurm["partition"]) == ("01:00:00", "gpu")
+    assert (config.slurm.time, config.slurm.partition) == ("01:00:00", "gpu")
     for item in (
         "slurm.bogus=1",
         "+slurm.bogus=1",
@@ -305,7 +305,7 @@ def test_override_slurm_keys_need_no_plus_and_unknown_ones_are_refused():
 
 
 def test_deleting_a_slurm_key_falls_back_to_its_default():
-    assert load_config("tiny_chat", ["~slurm.time"]).slurm["time"] == "02:00:00"
+    assert load_config("tiny_chat", ["~slurm.time"]).slurm.time == "02:00:00"
 
 
 # ---- --checkpoint, interpolation, tool keys ----
@@ -341,7 +341,7 @@ slurm:
     config = load_config(str(write(sandbox, "interp.yaml", text)), output_dir=out)
     assert config.launcher["execution"]["output_dir"] == str(out)
     assert config.launcher["target"]["api_endpoint"]["model_id"] == "nemotron/nano"
-    assert config.slurm["gpus_per_node"] == 2
+    assert config.slurm.gpus_per_node == 2
     assert config.output_dir == out
     assert config.dry_run is True
     assert config.task_filters == ["mmlu_instruct"]
@@ -353,7 +353,7 @@ def test_default_resolves_nemotron_run_env(iter_dir):
     config = load_config("default", checkpoint=iter_dir)
     assert config.launcher["deployment"]["image"] == "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"
     assert "--num_gpus 1 " in config.launcher["deployment"]["command"]
-    assert config.slurm["gpus_per_node"] == 1
+    assert config.slurm.gpus_per_node == 1
     assert set(TOOL_KEYS).isdisjoint(config.launcher)
 
 

@@ -3,7 +3,7 @@
 Each evaluation is laid out as the submit side and the payload leave it: request.json,
 launcher_config.yaml, the launcher's <timestamp>-<invocation>/<task>.<i>/ tree with logs/stage.exit
 and artifacts/results.yml (copies of real harness output), and, where the payload finished, a
-summary.json built with the payload's own `task_outcome` (which reads results.yml with `read_metrics`).
+summary.json built with `launcher_tree.task_outcome`, as the payload builds it (it reads results.yml with `read_metrics`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from hpc_eval import results
 from hpc_eval.cli import main
 from hpc_eval.errors import UsageError
-from hpc_eval.payload import task_outcome
+from hpc_eval.launcher_tree import task_outcome
 from hpc_eval.store import write_json
 
 DATA = Path(__file__).parent / "data"

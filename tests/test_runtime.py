@@ -26,9 +26,9 @@ from fakeckpt import make_run
 from slurm_helpers import (CONFIGS, REPO, free_port, hpc_eval, processes_mentioning, submit_generic_host,
                            wait_until_gone_from_queue)
 
-from hpc_eval import runtime
-from hpc_eval.payload import read_metrics
-from hpc_eval.runtime_scripts import task_commands
+from hpc_eval import executor as runtime
+from hpc_eval.launcher_tree import read_metrics
+from hpc_eval.executor_scripts import task_commands
 
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 IMAGE = "nvcr.io/nvidia/nemo:25.11"
@@ -225,7 +225,7 @@ def test_an_explicit_runtime_is_not_probed(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- registration and dry runs
 def test_register_is_explicit_and_idempotent(tmp_path):
-    code = ("import hpc_eval.runtime as r; from nemo_evaluator_launcher.executors import registry as g; "
+    code = ("import hpc_eval.executor as r; from nemo_evaluator_launcher.executors import registry as g; "
             "assert 'hpc_eval' not in g._EXECUTOR_REGISTRY; r.register(); r.register(); "
             "assert g.get_executor('hpc_eval') is r.executor_class(); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -18,11 +18,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpc_eval.config import BUILTIN_CONFIGS
+from hpc_eval.resources import RUNTIME_CHOICES, TEMPLATES
 
-RUNTIMES = ("docker", "pyxis", "apptainer", "host")  # also the order `auto` tries them in
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
-TEMPLATES = BUILTIN_CONFIGS.parent / "templates"
 ARTIFACTS = "$artifacts_dir"  # the task's artifacts dir as the driver script names it
 
 

@@ -13,7 +13,7 @@ server and the evaluation client run:
   auto       docker when a daemon answers, else pyxis, else apptainer, else host (the default)
 
 `register()` makes `execution.type: hpc_eval` known to `run_eval` (nothing registers at import).
-Each task's plan, commands and driver script come from runtime_scripts.py and templates/runtime-*;
+Each task's plan, commands and driver script come from executor_scripts.py and templates/runtime-*;
 `preview` shows each runtime's commands for `hpc-eval submit --dry-run`, with no side effects.
 """
 
@@ -30,7 +30,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpc_eval.runtime_scripts import RUNTIMES, Options, add_secrets, plan_task, render_script, task_commands
+from hpc_eval.executor_scripts import Options, add_secrets, plan_task, render_script, task_commands
+from hpc_eval.launcher_tree import clear_stages, is_running, new_invocation_dir, read_stage_exit, was_interrupted
+from hpc_eval.resources import RUNTIMES
 from hpc_eval.store import write_json
 
 EXECUTOR = "hpc_eval"
@@ -99,7 +101,7 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     runtime, reason = choose_runtime(options.runtime)
     print(f"hpc_eval executor: runtime {runtime} ({reason})", flush=True)
     invocation_id = generate_invocation_id()
-    invocation_dir = Path(cfg.execution.output_dir).absolute() / f"{get_timestamp_string(include_microseconds=False)}-{invocation_id}"
+    invocation_dir = new_invocation_dir(cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id)
     invocation_dir.mkdir(parents=True, exist_ok=True)
     write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason})
     mapping, tasks = load_tasks_mapping(), []
@@ -151,8 +153,6 @@ def get_status(id: str) -> list:
     from nemo_evaluator_launcher.common.execdb import ExecutionDB
     from nemo_evaluator_launcher.executors.base import ExecutionState, ExecutionStatus
 
-    from hpc_eval.payload import read_stage_exit
-
     db = ExecutionDB()
     if "." not in id:
         return [status for job_id in db.get_jobs(id) for status in get_status(job_id)]
@@ -161,12 +161,12 @@ def get_status(id: str) -> list:
         return []
     task_dir = Path(job.data["output_dir"])
     code = read_stage_exit(task_dir)
-    if job.data.get("killed") or (code is not None and (task_dir / "artifacts" / ".nemo_evaluator_interrupted").exists()):
+    if job.data.get("killed") or (code is not None and was_interrupted(task_dir)):
         state = ExecutionState.KILLED
     elif code is not None:
         state = ExecutionState.SUCCESS if code == 0 else ExecutionState.FAILED
     else:
-        state = ExecutionState.RUNNING if (task_dir / "logs" / "stage.running").exists() else ExecutionState.PENDING
+        state = ExecutionState.RUNNING if is_running(task_dir) else ExecutionState.PENDING
     return [ExecutionStatus(id=id, state=state)]
 
 
@@ -193,8 +193,7 @@ def resume_invocation(jobs: dict) -> None:
 
     task_dirs = [Path(job.data["output_dir"]) for job in jobs.values()]
     for task_dir in task_dirs:
-        for stage in ("stage.pre-start", "stage.running", "stage.exit"):
-            (task_dir / "logs" / stage).unlink(missing_ok=True)
+        clear_stages(task_dir)
     invocation_dir = task_dirs[0].parent
     start_scripts(invocation_dir, task_dirs, (invocation_dir / "run_all.sequential.sh").exists())
     db = ExecutionDB()

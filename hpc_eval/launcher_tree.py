@@ -1,0 +1,112 @@
+"""The launcher's own files under an evaluation directory: the one place that knows their names.
+
+    <eval_dir>/<YYYYmmdd_HHMMSS>-<invocation id>/     an invocation (one run_eval or resume_eval)
+        <task>.<i>/logs/stage.pre-start, stage.running, stage.exit ('<ISO time> <code>')
+        <task>.<i>/logs/client_stdout.log, *.log
+        <task>.<i>/artifacts/results.yml, .nemo_evaluator_interrupted
+
+The launcher is pinned below 0.3; when it moves one of these files, only this module changes.
+Used by the payload and the executor (in the job) and by status and results (on the login node).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+INVOCATION_GLOB = "????????_??????-*"  # the launcher's <YYYYmmdd_HHMMSS>-<invocation id> folders
+STAGE_FILES = ("stage.pre-start", "stage.running", "stage.exit")  # in the order a task's script writes them
+
+
+def new_invocation_dir(output_dir: Path | str, timestamp: str, invocation_id: str) -> Path:
+    """Where an invocation started at `timestamp` (YYYYmmdd_HHMMSS) keeps its task dirs."""
+    return Path(output_dir).absolute() / f"{timestamp}-{invocation_id}"
+
+
+def find_invocation_dir(output_dir: Path | str, invocation_id: str) -> Path | None:
+    found = sorted(Path(output_dir).glob(f"*-{invocation_id}"))
+    return found[0] if found else None
+
+
+def task_logs(eval_dir: Path) -> list[Path]:
+    """Every launcher task's log files, over all invocations."""
+    return sorted(eval_dir.glob(f"{INVOCATION_GLOB}/*/logs/*.log"))
+
+
+def stage_file(task_dir: Path, stage: str) -> Path:
+    return task_dir / "logs" / stage
+
+
+def clear_stages(task_dir: Path) -> None:
+    """Forget a task's stages, so that a resumed script starts it afresh."""
+    for stage in STAGE_FILES:
+        stage_file(task_dir, stage).unlink(missing_ok=True)
+
+
+def is_running(task_dir: Path) -> bool:
+    return stage_file(task_dir, "stage.running").exists()
+
+
+def was_interrupted(task_dir: Path) -> bool:
+    """nemo-evaluator marks a run it stopped on a signal."""
+    return (task_dir / "artifacts" / ".nemo_evaluator_interrupted").exists()
+
+
+def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each launcher task's outcome, read from its stage.exit and results.yml like the payload does.
+
+    With several invocations (a forced re-run), a task's newest success wins and a later failure
+    does not hide an earlier success.
+    """
+    outcomes: dict[str, dict[str, Any]] = {}
+    for invocation in sorted(eval_dir.glob(INVOCATION_GLOB)):
+        for task_dir in sorted(path for path in invocation.iterdir() if path.is_dir()):
+            outcome = task_outcome(task_dir)
+            if outcome["status"] == "success" or task_dir.name not in outcomes:
+                outcomes[task_dir.name] = outcome
+    return outcomes
+
+
+def task_outcome(task_dir: Path) -> dict[str, Any]:
+    exit_code = read_stage_exit(task_dir)
+    results = task_dir / "artifacts" / "results.yml"
+    outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
+    if exit_code == 0 and results.exists():
+        outcome.update(status="success", metrics=read_metrics(results))
+    elif exit_code is None:
+        outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
+    else:
+        detail = "no artifacts/results.yml" if exit_code == 0 else f"exit code {exit_code}"
+        outcome.update(status="failed", reason=f"{detail}; see {task_dir / 'logs' / 'client_stdout.log'}: {log_tail(task_dir)}")
+    return outcome
+
+
+def read_stage_exit(task_dir: Path) -> int | None:
+    """The task's exit code from logs/stage.exit ('<ISO time> <code>'), None when absent."""
+    try:
+        return int((task_dir / "logs" / "stage.exit").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def log_tail(task_dir: Path, lines: int = 3) -> str:
+    try:
+        text = (task_dir / "logs" / "client_stdout.log").read_text(errors="replace")
+    except OSError:
+        return "(no client log)"
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def read_metrics(results_yml: Path) -> dict[str, float]:
+    """`{task/metric[/score]: value}` from results.yml's `results.tasks` and `results.groups`."""
+    import yaml
+
+    results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
+    metrics: dict[str, float] = {}
+    for kind in ("groups", "tasks"):  # tasks win where both name the same metric
+        for task, body in (results.get(kind) or {}).items():
+            for metric, scores in ((body or {}).get("metrics") or {}).items():
+                for score, value in ((scores or {}).get("scores") or {}).items():
+                    name = f"{task}/{metric}" if score == metric else f"{task}/{metric}/{score}"
+                    metrics[name] = (value or {}).get("value")
+    return metrics
