@@ -168,7 +168,10 @@ def run_quietly(command: list[str]) -> str:
 
 
 def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
-    """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`."""
+    """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`.
+
+    `run` is the label or, where runs share one, the run's folder (`run1-3fa2c1d0`).
+    """
     path = Path(target)
     if (path / "request.json").exists():
         return EvalPaths(path)
@@ -178,7 +181,7 @@ def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
             return paths
     run, _, step = target.partition(":")
     step = step.removeprefix("iter_")
-    matches = [paths for paths in evaluations if paths.read_request().get("run") == run and
+    matches = [paths for paths in evaluations if run in (paths.read_request().get("run"), paths.root.parent.parent.name) and
                (str(paths.read_request().get("iteration")) == step.lstrip("0") or paths.root.parent.name == step)]
     return matches[-1] if matches else None
 
