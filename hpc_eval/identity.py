@@ -26,7 +26,7 @@ SHORT = 8  # hex digits of the hashes written into directory names
 
 
 def real_path(path: Path | str) -> Path:
-    return Path(os.path.realpath(os.path.abspath(path)))
+    return Path(os.path.realpath(path))
 
 
 def run_dir_of(checkpoint: Path | str) -> Path:
