@@ -270,6 +270,38 @@ def default_roots(roots: tuple[str, ...]) -> list[str]:
 STATUS_COLUMNS = ["run", "iteration", "config_hash", "job_id", "state", "attempts", "elapsed", "reason"]
 
 
+def status_columns(rows: list[dict], as_json: bool) -> list[str]:
+    """The table's columns; as a table, runs that share a label show their run hash (and a note says so)."""
+    from hpc_eval.identity import shared_labels
+    from hpc_eval.results import run_label
+
+    shared = shared_labels([(row["run"], row["run_dir"]) for row in rows])
+    note_shared_labels(shared)
+    if as_json:
+        return STATUS_COLUMNS
+    for row in rows:
+        row["run"] = run_label(row["run"], row["run_dir"], shared)
+        row["checkpoint"] = "rewritten" if row["checkpoint_changed"] else ""
+    flagged = any(row["checkpoint_changed"] for row in rows)
+    if flagged:
+        note_rewritten()
+    return STATUS_COLUMNS[:2] + (["checkpoint"] if flagged else []) + STATUS_COLUMNS[2:]
+
+
+def note_shared_labels(shared: dict[str, list[str]]) -> None:
+    """Say on stderr which training runs carry the same label (their rows show `<label>-<run hash>`)."""
+    from hpc_eval.identity import run_hash
+
+    for label, run_dirs in sorted(shared.items()):
+        runs = ", ".join(f"{label}-{run_hash(run_dir)} = {run_dir}" if run_dir else f"{label} = an endpoint" for run_dir in run_dirs)
+        click.echo(f"note: {len(run_dirs)} training runs share the label {label!r}, shown apart: {runs}", err=True)
+
+
+def note_rewritten() -> None:
+    click.echo("note: checkpoint 'rewritten': the checkpoint was written again in place after it was evaluated;"
+               " those scores are of the earlier weights", err=True)
+
+
 @main.command()
 @click.argument("roots", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
@@ -284,7 +316,7 @@ def status(roots, as_json, watch_seconds):
 
     while True:
         rows = [row.to_dict() for row in collect_status([Path(root) for root in default_roots(roots)])]
-        text = render(rows, STATUS_COLUMNS, "json" if as_json else "table")
+        text = render(rows, status_columns(rows, as_json), "json" if as_json else "table")
         if watch_seconds is None:
             click.echo(text)
             return
@@ -448,7 +480,10 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
     if plot_path:
         results_lib.plot(table, plot_path)
         click.echo(f"plot: {plot_path}", err=True)  # stderr, so that stdout stays one clean table
-    click.echo(render(displayed_scores(table.records(), fmt), ["run", "iteration", *table.metrics], fmt))
+    note_shared_labels(table.shared_labels())
+    if any(row.checkpoint_changed for row in table.rows):
+        note_rewritten()
+    click.echo(render(displayed_scores(table.records(), fmt), table.columns(), fmt))
 
 
 def resubmit_missing(rows: list[dict]) -> None:

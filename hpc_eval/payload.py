@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpc_eval import identity
 from hpc_eval.errors import EvaluationFailed
 from hpc_eval.launcher_tree import find_invocation_dir, task_outcome
 from hpc_eval.store import EvalPaths, now_iso, read_json, write_json
@@ -63,6 +64,11 @@ def run(eval_dir: Path) -> dict[str, Any]:
     if checkpoint and not os.path.isdir(checkpoint):
         reason = f"checkpoint vanished: {checkpoint} no longer exists (deleted by the training run's retention?)"
         finish(paths, summary, start, "FAILED", reason=reason, failure="checkpoint_missing")
+        raise EvaluationFailed(reason)
+    change = identity.fingerprint_change(request.get("fingerprint"), identity.fingerprint(checkpoint)) if checkpoint else ""
+    if change:  # a run relaunched into the same directory wrote this step again: not what was submitted
+        reason = f"checkpoint rewritten since submit: {checkpoint} ({change}); not evaluated: submit it again to evaluate the new weights"
+        finish(paths, summary, start, "FAILED", reason=reason, failure="checkpoint_changed")
         raise EvaluationFailed(reason)
 
     launcher = start_launcher(paths)

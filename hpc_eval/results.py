@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from hpc_eval import identity
 from hpc_eval.errors import UsageError
 from hpc_eval.launcher_tree import launcher_tree_outcomes
-from hpc_eval.status import FINAL_SUMMARY_STATES
+from hpc_eval.status import FINAL_SUMMARY_STATES, evaluated_run_dir
 from hpc_eval.store import EvalPaths, iter_evaluations
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ class EvaluationResults:
     created_at: str
     task_filters: list[str] | None
     task_metrics: dict[str, Metrics]  # launcher task dir name (bfcl.bfclv3_ast_prompting.0) -> metrics
+    run_dir: str | None = None  # the run's real directory (see status.evaluated_run_dir)
+    checkpoint_stat: str | None = None  # the checkpoint's fingerprint stat when evaluated (None: not recorded)
+    checkpoint_changed: bool = False  # rewritten in place since
 
 
 @dataclass
@@ -45,6 +49,8 @@ class CheckpointScores:
     run: str
     iteration: int | None
     scores: Metrics
+    run_dir: str | None = None
+    checkpoint_changed: bool = False  # the checkpoint was rewritten after these scores were made
 
 
 @dataclass
@@ -53,9 +59,24 @@ class ResultsTable:
     metrics: list[str]  # the columns, sorted
 
     def records(self) -> list[dict[str, Any]]:
-        """One flat dict per row: run, iteration, then every metric (None where missing)."""
-        return [{"run": row.run, "iteration": row.iteration, **{m: row.scores.get(m) for m in self.metrics}}
+        """One flat dict per row: run, iteration, [checkpoint,] then every metric (None where missing).
+
+        `run` is the label, or `<label>-<run hash>` where two training runs share the label;
+        `checkpoint` ("rewritten" or "") is there only when some row's checkpoint was rewritten since.
+        """
+        shared = self.shared_labels()
+        flagged = any(row.checkpoint_changed for row in self.rows)
+        return [{"run": run_label(row.run, row.run_dir, shared), "iteration": row.iteration,
+                 **({"checkpoint": "rewritten" if row.checkpoint_changed else ""} if flagged else {}),
+                 **{m: row.scores.get(m) for m in self.metrics}}
                 for row in self.rows]
+
+    def columns(self) -> list[str]:
+        flagged = any(row.checkpoint_changed for row in self.rows)
+        return ["run", "iteration", *(["checkpoint"] if flagged else []), *self.metrics]
+
+    def shared_labels(self) -> dict[str, list[str]]:
+        return identity.shared_labels([(row.run, row.run_dir) for row in self.rows])
 
     def select(self, patterns: list[str]) -> ResultsTable:
         """Only the metrics matching a pattern: an exact key, a substring, or a glob such as `bfcl/*`.
@@ -72,6 +93,11 @@ class ResultsTable:
             raise UsageError(f"metric {wanted} matches no column; available metrics: {available}")
         chosen = [m for m in self.metrics if any(metric_matches(m, pattern) for pattern in patterns)]
         return ResultsTable(self.rows, chosen)
+
+
+def run_label(run: str, run_dir: str | None, shared: dict[str, list[str]]) -> str:
+    """A row's run: its label, with the run's hash beside it where another run has the same label."""
+    return f"{run}-{identity.run_hash(run_dir)}" if run in shared and run_dir else run
 
 
 @dataclass
@@ -134,20 +160,28 @@ def read_evaluation(paths: EvalPaths) -> EvaluationResults:
         created_at=request.get("created_at") or "",
         task_filters=request.get("task_filters"),
         task_metrics=successes,
+        run_dir=evaluated_run_dir(request),
+        checkpoint_stat=(request.get("fingerprint") or {}).get("stat"),
+        checkpoint_changed=identity.changed_since(request.get("fingerprint"), request.get("checkpoint")),
     )
 
 
 def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:
-    """One row per checkpoint; several evaluations of one checkpoint merge, the newest winning a clash."""
+    """One row per checkpoint; several evaluations of one checkpoint merge, the newest winning a clash.
+
+    A checkpoint is its run's real directory, its step and its content: runs that share a label,
+    and the weights before and after a rewrite in place, get rows of their own.
+    """
     shared = metrics_from_several_tasks(evaluations)
-    rows: dict[tuple[str, int | None], CheckpointScores] = {}
+    rows: dict[tuple, CheckpointScores] = {}
     for evaluation in sorted(evaluations, key=lambda item: item.created_at):
-        row = rows.setdefault((evaluation.run, evaluation.iteration),
-                              CheckpointScores(evaluation.run, evaluation.iteration, {}))
+        key = (evaluation.run, evaluation.run_dir, evaluation.iteration, evaluation.checkpoint_stat)
+        row = rows.setdefault(key, CheckpointScores(evaluation.run, evaluation.iteration, {}, evaluation.run_dir,
+                                                    evaluation.checkpoint_changed))
         for task, metrics in sorted(evaluation.task_metrics.items()):
             for key, value in metrics.items():
                 row.scores[f"{task}/{key}" if key in shared else key] = value
-    ordered = sorted(rows.values(), key=lambda row: step_order(row.run, row.iteration))
+    ordered = sorted(rows.values(), key=lambda row: (row.run, row.run_dir or "", step_order(row.run, row.iteration)[1], not row.checkpoint_changed))
     return ResultsTable(ordered, sorted({key for row in ordered for key in row.scores}))
 
 
@@ -190,7 +224,8 @@ def expected_tasks(evaluation: EvaluationResults) -> list[str]:
 def plot(table: ResultsTable, path: Path | str) -> Figure:
     """Save a PNG line chart of each metric against training step (one line per metric and run).
 
-    Checkpoints without a step (hosted endpoints) and metrics a run never reported are left out.
+    Checkpoints without a step (hosted endpoints), scores of checkpoints rewritten since and metrics a
+    run never reported are left out.
 
     Raises:
         UsageError: no checkpoint has both a training step and a score.
@@ -201,13 +236,15 @@ def plot(table: ResultsTable, path: Path | str) -> Figure:
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'hpc-eval[plot]' (or pip install matplotlib)") from None
 
-    stepped = [row for row in table.rows if row.iteration is not None]
-    runs = list(dict.fromkeys(row.run for row in stepped))
+    shared = table.shared_labels()
+    stepped = [row for row in table.rows if row.iteration is not None and not row.checkpoint_changed]
+    row_run = {id(row): run_label(row.run, row.run_dir, shared) for row in stepped}
+    runs = list(dict.fromkeys(row_run[id(row)] for row in stepped))
     figure = Figure(figsize=(10, 6))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for run in runs:
-        run_rows = [row for row in stepped if row.run == run]
+        run_rows = [row for row in stepped if row_run[id(row)] == run]
         for metric in table.metrics:
             values = [row.scores.get(metric) for row in run_rows]
             if all(value is None for value in values):

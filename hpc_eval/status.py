@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from hpc_eval import identity
 from hpc_eval.launcher_tree import task_logs
 from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
 from hpc_eval.store import EvalPaths, iter_evaluations
@@ -38,6 +39,8 @@ class EvaluationStatus:
     elapsed: str
     reason: str
     created_at: str
+    run_dir: str | None = None  # the training run's real directory: two runs may share a label
+    checkpoint_changed: bool = False  # rewritten in place since it was evaluated
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +59,7 @@ def reconcile(evaluations: list[EvalPaths]) -> list[EvaluationStatus]:
     live = query_squeue(pending_ids)
     ended = query_sacct([job for job in pending_ids if job not in live])
     rows = [row_for(paths, request, attempts, summary, live, ended) for paths, request, attempts, summary in records]
-    rows.sort(key=lambda row: (row.run, row.iteration if row.iteration is not None else -1, row.config_hash))
+    rows.sort(key=lambda row: (row.run, row.run_dir or "", row.iteration if row.iteration is not None else -1, row.config_hash))
     return rows
 
 
@@ -93,8 +96,19 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
         eval_dir=str(paths.root), run=request.get("run", paths.root.parent.parent.name),
         iteration=request.get("iteration"), config_hash=request.get("config_hash", paths.root.name),
         job_id=job_id, state=state, attempts=len(attempts), elapsed=elapsed, reason=reason,
-        created_at=request.get("created_at", ""),
+        created_at=request.get("created_at", ""), run_dir=evaluated_run_dir(request),
+        checkpoint_changed=identity.changed_since(request.get("fingerprint"), request.get("checkpoint")),
     )
+
+
+def evaluated_run_dir(request: dict) -> str | None:
+    """The real directory of the run an evaluation's checkpoint belongs to (None for an endpoint).
+
+    Requests written before run_dir was recorded get it from their checkpoint path.
+    """
+    if request.get("run_dir"):
+        return request["run_dir"]
+    return str(identity.run_dir_of(request["checkpoint"])) if request.get("checkpoint") else None
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -104,7 +118,10 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
-    """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`."""
+    """An evaluation named by its directory, a Slurm job id (`123` or `123_4`), or `run:iteration`.
+
+    `run` is the label or, where runs share one, the run's folder (`run1-3fa2c1d0`).
+    """
     path = Path(target)
     if (path / "request.json").exists():
         return EvalPaths(path)
@@ -114,7 +131,7 @@ def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
             return paths
     run, _, step = target.partition(":")
     step = step.removeprefix("iter_")
-    matches = [paths for paths in evaluations if paths.read_request().get("run") == run and
+    matches = [paths for paths in evaluations if run in (paths.read_request().get("run"), paths.root.parent.parent.name) and
                (str(paths.read_request().get("iteration")) == step.lstrip("0") or paths.root.parent.name == step)]
     return matches[-1] if matches else None
 

@@ -1,7 +1,15 @@
-"""The on-disk record of evaluations: one directory per (run, checkpoint, config hash).
+"""The on-disk record of evaluations: one directory per (training run, checkpoint, config hash).
 
-    <output_dir>/<run>/<iter_0001000>/<config-hash>/
+    <output_dir>/<run>-<run hash>/<iter_0001000>/<config-hash>-<fingerprint id>/
       request.json  launcher_config.yaml  slurm.json  summary.json  submitit/  <launcher's tree>
+    <output_dir>/<run>-<run hash>/.completed-<config-hash>/<iter_0001000>@<.metadata size>-<mtime_ns>
+    <output_dir>/<run>/endpoint/<config-hash>/   (a hosted endpoint: no checkpoint)
+
+`<run>` is a label for people (`--run`, else the run's folder name); `<run hash>` is
+`identity.run_hash` of the run's real directory, so runs that share a name never share a record;
+`<fingerprint id>` changes when the checkpoint is rewritten in place. Output dirs written before
+(`<output_dir>/<run>/<iter>/<config-hash>/`) are still read, and `find_existing` counts them as
+evaluated when their request.json names the same checkpoint.
 
 Creating the directory with `mkdir` claims the evaluation (atomic on POSIX and network file
 systems), so two passes cannot submit the same checkpoint twice and no database is needed.
@@ -17,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from hpc_eval import identity
 
 # Parent directories that name the checkpoint folder of a run rather than the run itself.
 CHECKPOINT_FOLDER_NAMES = {"checkpoints", "checkpoint", "ckpt", "ckpts"}
@@ -90,14 +100,51 @@ def run_of(run_dir: Path, fallback: str) -> str:
     return run_dir.name or fallback
 
 
-def eval_dir(output_dir: Path, run: str, checkpoint: Path | None, config_hash: str) -> Path:
-    iteration_folder = checkpoint.name if checkpoint is not None else NO_CHECKPOINT
-    return output_dir / safe_name(run) / safe_name(iteration_folder) / config_hash
+def run_folder(run: str, run_dir: Path) -> str:
+    """A training run's folder in the output dir: its label beside the hash of its real directory."""
+    return f"{safe_name(run)}-{identity.run_hash(run_dir)}"
 
 
-def completed_index(output_dir: Path, run: str, config_hash: str) -> Path:
-    """One empty file per checkpoint of `run` evaluated to completion with `config_hash`."""
-    return output_dir / safe_name(run) / f".completed-{config_hash}"
+def eval_dir(output_dir: Path, run: str, checkpoint: Path | None, config_hash: str,
+             fingerprint: dict[str, Any] | None = None) -> Path:
+    """Where an evaluation lives; a checkpoint's is named by its real path and its fingerprint."""
+    if checkpoint is None:
+        return output_dir / safe_name(run) / NO_CHECKPOINT / config_hash
+    real = identity.real_path(checkpoint)
+    leaf = f"{config_hash}-{identity.fingerprint_id(fingerprint or identity.fingerprint(real))}"
+    return output_dir / run_folder(run, real.parent) / safe_name(real.name) / leaf
+
+
+def completed_index(output_dir: Path, folder: str, config_hash: str) -> Path:
+    """One empty file per checkpoint of the run in `folder` evaluated to completion with `config_hash`."""
+    return output_dir / folder / f".completed-{config_hash}"
+
+
+def index_entry(iteration_folder: str, stat_key: str | None) -> str:
+    """A completed-index entry: the checkpoint and its `.metadata` stat, so a rewrite misses the index."""
+    return f"{iteration_folder}@{stat_key}"
+
+
+def find_existing(output_dir: Path, run: str, checkpoint: Path, config_hash: str, fingerprint: dict[str, Any],
+                  legacy_runs: tuple[str, ...] = ()) -> EvalPaths | None:
+    """An evaluation of this checkpoint, as it is now, with this config: under any label, or in the old layout.
+
+    The new layout's name settles it (same real run dir, iteration and fingerprint); another
+    label's folder and an old-layout folder count only when their request names the same checkpoint.
+    """
+    new = EvalPaths(eval_dir(output_dir, run, checkpoint, config_hash, fingerprint))
+    if new.root.is_dir():
+        return new
+    real = identity.real_path(checkpoint)
+    others = sorted(output_dir.glob(f"*-{identity.run_hash(real.parent)}/{new.root.parent.name}/{new.root.name}"))
+    legacy = [output_dir / safe_name(label) / safe_name(name) / config_hash
+              for label in dict.fromkeys((run, *legacy_runs)) for name in dict.fromkeys((real.name, Path(checkpoint).name))]
+    for root in others + legacy:
+        request = read_json(root / "request.json") if root.is_dir() else None
+        if request and identity.same_checkpoint(request.get("checkpoint"), checkpoint) and \
+                not identity.fingerprint_change(request.get("fingerprint"), fingerprint):
+            return EvalPaths(root)
+    return None
 
 
 def safe_name(name: str) -> str:

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc_eval import __version__
+from hpc_eval import __version__, identity
 from hpc_eval.config import EvalConfig, save_launcher_config
 from hpc_eval.errors import CheckpointError, ConfigError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)
-from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, now_iso, run_name, write_json
+from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, find_existing, now_iso, run_name, write_json
 
 @dataclass
 class PlannedEvaluation:
@@ -32,6 +32,7 @@ class PlannedEvaluation:
     iteration: int | None
     action: str = "submit"  # or "skip"
     reason: str = ""
+    fingerprint: dict[str, Any] | None = None  # identity.fingerprint of the checkpoint when planned
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,18 +64,27 @@ class SubmittedJob:
 def plan(config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run: str | None = None, force: bool = False) -> list[PlannedEvaluation]:
     """One planned evaluation per checkpoint (or one for the endpoint when there is none).
 
-    An evaluation directory that already exists means the same config was already submitted for
-    that checkpoint: it is skipped unless `force`.
+    An evaluation of the same checkpoint (its real path, as it is now: see `identity`) with the
+    same config, under any label or in the old layout, means it was already submitted: it is
+    skipped unless `force`.
     """
     config_hash = config.config_hash()
     targets: list[tuple[Path | None, int | None]] = list(checkpoints) or [(None, None)]
     planned = []
     for checkpoint, iteration in targets:
-        run_label = run or run_name(checkpoint, config.source.stem)
-        paths = EvalPaths(eval_dir(config.output_dir, run_label, checkpoint, config_hash))
-        entry = PlannedEvaluation(paths, run_label, checkpoint, iteration)
-        if paths.root.exists() and not force:
-            entry.action, entry.reason = "skip", f"already evaluated with config {config_hash}: {paths.root} (use --force to evaluate again)"
+        if checkpoint is None:
+            run_label = run or config.source.stem
+            paths = EvalPaths(eval_dir(config.output_dir, run_label, None, config_hash))
+            entry, existing = PlannedEvaluation(paths, run_label, None, iteration), paths if paths.root.exists() else None
+        else:
+            run_label = run or run_name(identity.real_path(checkpoint), config.source.stem)
+            fingerprint = identity.fingerprint(checkpoint)
+            paths = EvalPaths(eval_dir(config.output_dir, run_label, checkpoint, config_hash, fingerprint))
+            entry = PlannedEvaluation(paths, run_label, checkpoint, iteration, fingerprint=fingerprint)
+            existing = find_existing(config.output_dir, run_label, checkpoint, config_hash, fingerprint,
+                                     legacy_runs=(run_name(checkpoint, config.source.stem),))
+        if existing and not force:
+            entry.action, entry.reason = "skip", f"already evaluated with config {config_hash}: {existing.root} (use --force to evaluate again)"
         planned.append(entry)
     return planned
 
@@ -100,6 +110,10 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
         "checkpoint": str(evaluation.checkpoint) if evaluation.checkpoint else None,
         "iteration": evaluation.iteration,
         "run": evaluation.run,
+        # which checkpoint this is, whatever it is called: see hpc_eval.identity
+        "run_dir": str(identity.run_dir_of(evaluation.checkpoint)) if evaluation.checkpoint else None,
+        "checkpoint_realpath": str(identity.real_path(evaluation.checkpoint)) if evaluation.checkpoint else None,
+        "fingerprint": evaluation.fingerprint,
         "config_hash": config.config_hash(),
         "config_source": str(config.source),
         "task_filters": config.task_filters,

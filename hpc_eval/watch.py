@@ -3,8 +3,9 @@
 Safe to run every few minutes forever, from crontab or scrontab, on several login nodes:
   * the evaluation directory, created with mkdir, is the claim: two passes never submit the same
     checkpoint twice; a retry claims `.attempt-<k>` inside it the same way;
-  * a per-run `.completed-<hash>/` folder lists the checkpoints already evaluated, so a pass costs
-    one directory scan per run plus work for the new and unfinished checkpoints only;
+  * a per-run `.completed-<hash>/` folder lists the checkpoints already evaluated, each with its
+    `.metadata` stat (`iter_…@<size>-<mtime_ns>`), so a pass costs one directory scan and one stat
+    per checkpoint plus work for the new, rewritten and unfinished checkpoints only;
   * evaluations the cluster ended (TIMEOUT, PREEMPTED, NODE_FAIL, BOOT_FAIL) are submitted again
     up to `max_attempts`; FAILED and CANCELLED only with `retry_failed`;
   * a claim whose sbatch never happened (the pass died in between) is submitted again once it is
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpc_eval import checkpoint as ckpt
+from hpc_eval import identity
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.slurm import require_slurm
 from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
-from hpc_eval.store import STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, run_of
+from hpc_eval.store import (STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, find_existing,
+                             index_entry, run_folder, run_of)
 from hpc_eval.submit import PlannedEvaluation, prepare, submit, write_request
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
@@ -80,6 +83,7 @@ class Candidate:
     iteration: int
     retry: bool = False
     detail: str = ""
+    fingerprint: dict[str, Any] | None = None
 
 
 def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], settings: dict[str, Any], options: WatchOptions) -> PassResult:
@@ -106,35 +110,40 @@ def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], s
 
 def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: PassResult) -> list[Candidate]:
     """New complete checkpoints of one run, and its evaluations that should be submitted again."""
-    run = run_of(run_dir, config.source.stem)
+    real_run = identity.real_path(run_dir)
+    run = run_of(real_run, config.source.stem)
     config_hash = config.config_hash()
-    index = completed_index(config.output_dir, run, config_hash)
+    index = completed_index(config.output_dir, run_folder(run, real_run), config_hash)
     completed = set(os.listdir(index)) if index.is_dir() else set()
     candidates, unfinished = [], []
     for name, iteration in iter_names(run_dir):
-        if name in completed:
+        checkpoint = run_dir / name
+        if index_entry(name, identity.stat_key(checkpoint)) in completed:
+            continue  # evaluated, and not rewritten since: one stat
+        fingerprint = identity.fingerprint(checkpoint)
+        existing = find_existing(config.output_dir, run, checkpoint, config_hash, fingerprint,
+                                 legacy_runs=(run_of(run_dir, config.source.stem),))
+        if existing:
+            unfinished.append((existing, checkpoint, iteration, fingerprint))
             continue
-        paths = EvalPaths(eval_dir(config.output_dir, run, run_dir / name, config_hash))
-        if paths.root.is_dir():
-            unfinished.append((paths, name, iteration))
-            continue
-        verdict = ckpt.validate(run_dir / name)
-        busy = quiet_problem(run_dir / name, options.quiet_seconds) if verdict.ok else ""
+        paths = EvalPaths(eval_dir(config.output_dir, run, checkpoint, config_hash, fingerprint))
+        verdict = ckpt.validate(checkpoint)
+        busy = quiet_problem(checkpoint, options.quiet_seconds) if verdict.ok else ""
         if verdict.ok and not busy:
-            candidates.append(Candidate(paths, run, run_dir / name, iteration))
+            candidates.append(Candidate(paths, run, checkpoint, iteration, fingerprint=fingerprint))
         else:
-            result.actions.append(Action(run, iteration, str(run_dir / name), "waiting", verdict.reason or busy))
+            result.actions.append(Action(run, iteration, str(checkpoint), "waiting", verdict.reason or busy))
     # reconcile() sorts its rows: match them to the evaluations by directory, never by position
-    rows = {row.eval_dir: row for row in reconcile([paths for paths, _, _ in unfinished])}
-    for paths, name, iteration in unfinished:
+    rows = {row.eval_dir: row for row in reconcile([paths for paths, _, _, _ in unfinished])}
+    for paths, checkpoint, iteration, fingerprint in unfinished:
         row = rows[str(paths.root)]
         if row.state == "COMPLETED":
             index.mkdir(parents=True, exist_ok=True)
-            (index / paths.root.parent.name).touch()
+            (index / index_entry(checkpoint.name, fingerprint["stat"])).touch()
             continue
         why = retry_reason(row.state, row.attempts, row.created_at or mtime_iso(paths.root), options)
         if why:
-            candidates.append(Candidate(paths, run, run_dir / name, iteration, retry=True, detail=why))
+            candidates.append(Candidate(paths, run, checkpoint, iteration, retry=True, detail=why, fingerprint=fingerprint))
     return candidates
 
 
@@ -188,7 +197,7 @@ def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, A
     require_slurm()  # before any claim: a pass that cannot submit must not claim
     ready: list[PlannedEvaluation] = []
     for item in chosen:
-        planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration)
+        planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint)
         claimed = claim_attempt(item.paths) if item.retry else prepare(config_for(item.checkpoint), planned)
         if claimed and item.retry and not (item.paths.request.exists() and item.paths.launcher_config.exists()):
             write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them

@@ -55,7 +55,7 @@ def submitted_tasks(output: str) -> tuple[list[str], dict[str, Path]]:
 
 
 def eval_dirs(output_dir: Path) -> list[Path]:
-    """Evaluation directories under output_dir (<run>/<iter>/<hash>), claimed or not."""
+    """Evaluation directories under output_dir (<run>-<run hash>/<iter>/<hash>-<fingerprint>), claimed or not."""
     return sorted(path for path in output_dir.glob("*/iter_*/*") if path.is_dir())
 
 
@@ -92,7 +92,7 @@ def test_all_checkpoints_go_out_as_one_array_and_a_second_submit_submits_nothing
     for step, (_, words) in INVALID.items():
         line = next((line for line in first.output.splitlines() if iter_name(step) in line), "")
         assert line.startswith("skip (invalid): ") and words in line, first.output
-        assert not (out / "train" / iter_name(step)).exists()
+        assert not list(out.glob(f"*/{iter_name(step)}"))
     assert len(eval_dirs(out)) == len(VALID_STEPS)
 
     # the manifest fixes array index -> checkpoint at submit time

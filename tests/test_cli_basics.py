@@ -149,7 +149,7 @@ def test_submit_default_with_fake_checkpoint_dry_run(sandbox, tmp_path):
     result = invoke("submit", "-c", "default", "--checkpoint", str(iter_dir), "--dry-run", "--output-dir", str(output_dir))
     assert result.exit_code == 0, result.output
     [path] = launcher_config_paths(result.output)
-    assert path.parent.parent.name == "iter_0002000" and path.parent.parent.parent.name == "llama"
+    assert path.parent.parent.name == "iter_0002000" and path.parent.parent.parent.name.startswith("llama-")
     saved = yaml.safe_load(path.read_text())
     assert set(TOOL_KEYS).isdisjoint(saved)
     assert saved["deployment"]["checkpoint_path"] == str(iter_dir)

@@ -279,3 +279,42 @@ def test_default_root_is_results_and_a_pipe_gets_no_progress(output_dir, monkeyp
     monkeypatch.chdir(output_dir.parent)
     result = invoke("--format", "csv")
     assert len(result.stdout.splitlines()) == 4 and result.stderr == ""
+
+
+# ---- which checkpoint (issue 12) ----
+
+
+def test_runs_that_share_a_label_get_rows_of_their_own_and_a_note(tmp_path):
+    from hpc_eval.identity import run_hash
+
+    write_evaluation(tmp_path / "a", 1000, [(BFCL, 0, "0.9")], summary="COMPLETED")  # /ckpt/llama-8b/checkpoints
+    other = write_evaluation(tmp_path / "b", 1000, [(BFCL, 0, "0.5")], summary="COMPLETED")
+    request = json.loads((other / "request.json").read_text())
+    request["checkpoint"] = "/elsewhere/llama-8b/checkpoints/iter_0001000"  # another project's run, same name
+    write_json(other / "request.json", request)
+    result = CliRunner().invoke(main, ["results", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "csv",
+                                       "--metric", "non_live_overall"])
+    assert result.exit_code == 0, result.output
+    first, second = f"{RUN}-{run_hash('/ckpt/llama-8b/checkpoints')}", f"{RUN}-{run_hash('/elsewhere/llama-8b/checkpoints')}"
+    assert sorted(result.stdout.splitlines()[1:]) == sorted([f"{first},1000,0.9", f"{second},1000,0.5"])
+    assert result.stderr == (f"note: 2 training runs share the label '{RUN}', shown apart: "
+                             f"{first} = /ckpt/llama-8b/checkpoints, {second} = /elsewhere/llama-8b/checkpoints\n")
+
+
+def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
+    from fakeckpt import make_iter
+
+    from hpc_eval.identity import fingerprint
+
+    checkpoint = make_iter(tmp_path / "ckpt" / RUN / "checkpoints", 1000)
+    eval_dir = write_evaluation(tmp_path / "out", 1000, [(BFCL, 0, "0.9")], summary="COMPLETED")
+    request = json.loads((eval_dir / "request.json").read_text())
+    write_json(eval_dir / "request.json", {**request, "checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint)})
+    assert "checkpoint" not in results.collect_results([tmp_path / "out"]).records()[0]
+    (checkpoint / ".metadata").write_bytes(b"\x80\x04fake rewritten by a relaunched run")
+    (record,) = results.collect_results([tmp_path / "out"]).records()
+    assert (record["iteration"], record["checkpoint"]) == (1000, "rewritten")
+    shown = CliRunner().invoke(main, ["results", str(tmp_path / "out"), "--metric", "non_live_overall"])
+    assert shown.stdout.splitlines()[0].split() == ["run", "iteration", "checkpoint", "bfcl/non_live_overall_acc"]
+    assert shown.stdout.splitlines()[1].split() == [RUN, "1000", "rewritten", "0.9"]
+    assert "written again in place" in shown.stderr

@@ -110,7 +110,7 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
     assert steps(second.output, "submitted") == [3000] and count_sbatch.count() == 2
     ((_, _, where, why),) = [a for a in actions(second.output) if a[0] == "waiting"]
     assert where == str(run / iter_name(4000)) and "shards without .metadata" in why
-    assert not (out / "train" / iter_name(4000)).exists()
+    assert not list(out.glob(f"train-*/{iter_name(4000)}"))
 
     # the save of 4000 finishes: complete, but its files are seconds old
     make_iter(run, 4000)
@@ -120,7 +120,7 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
     assert steps(third.output, "waiting") == [4000] and steps(third.output, "submitted") == []
     ((_, _, _, why),) = [a for a in actions(third.output) if a[0] == "waiting"]
     assert "quiet window 60 s" in why, why
-    assert count_sbatch.count() == 2 and not (out / "train" / iter_name(4000)).exists()
+    assert count_sbatch.count() == 2 and not list(out.glob(f"train-*/{iter_name(4000)}"))
 
     make_quiet(run / iter_name(4000))  # a minute later
     fourth = watch(run, out, quiet=60)
@@ -138,8 +138,8 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
         assert wait_for_state(attempts(eval_dir)[0]["slurm_job_id"], timeout=240) == "COMPLETED"
     done = watch(run, out, quiet=60)
     assert actions(done.output) == [] and count_sbatch.count() == 3
-    (index,) = (out / "train").glob(".completed-*")  # evaluated checkpoints cost nothing on later passes
-    assert sorted(os.listdir(index)) == [iter_name(step) for step in (1000, 2000, 3000, 4000)]
+    (index,) = out.glob("train-*/.completed-*")  # evaluated checkpoints cost one stat on later passes
+    assert sorted(name.split("@")[0] for name in os.listdir(index)) == [iter_name(step) for step in (1000, 2000, 3000, 4000)]
 
 
 @pytest.mark.parametrize("overlap", ["same-dirs", "overlapping-dirs"])
@@ -163,7 +163,7 @@ def test_eight_simultaneous_passes_submit_each_checkpoint_once(tmp_path, count_s
     for code, output in zip(codes, outputs):
         if code == 75:
             assert output.strip() == "another pass is running for these directories; nothing done", output
-    submitted = sorted((where.split("/")[-3], step) for output in outputs for verb, step, where, _ in actions(output) if verb == "submitted")
+    submitted = sorted((where.split("/")[-3].rsplit("-", 1)[0], step) for output in outputs for verb, step, where, _ in actions(output) if verb == "submitted")
     expected = [("a", step) for step in (1000, 2000, 3000, 4000, 5000)] + ([("b", 1000), ("b", 2000)] if overlap != "same-dirs" else [])
     assert submitted == sorted(expected), outputs
     if overlap == "same-dirs":
