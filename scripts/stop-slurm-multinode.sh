@@ -70,6 +70,7 @@ for ns in $(netns_list); do
   ip netns del "$ns" && log "deleted netns $ns"
   rm -rf "/etc/netns/$ns"
 done
+rmdir /etc/netns 2>/dev/null   # if only ours were in it
 # deleting the bridge namespace deletes the veth pair; this catches a half-built start
 ip link del "$PREFIX-host" 2>/dev/null && log "deleted $PREFIX-host"
 

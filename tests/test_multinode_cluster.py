@@ -112,7 +112,7 @@ def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, 
     assert all(r["SLURM_NTASKS"] == "2" and r["num_tasks"] == 2 and r["SLURM_LOCALID"] == "0" for r in results)
     assert all(r["SLURM_JOB_NODELIST"] == "node[1-2]" for r in results), results
     assert job.task(0).result() == results[0]
-    with pytest.raises(AssertionError, match="use `results\(\)`"):
+    with pytest.raises(AssertionError, match=r"use `results\(\)`"):
         job.result()  # submitit refuses result() on a job with more than one task
     assert job.watcher.get_state(job.job_id, mode="force") == "COMPLETED"
     batch_script = (tmp_path / "submitit" / f"{job.job_id}_submission.sh").read_text()
