@@ -8,14 +8,19 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import submitit
 
 from multinode_helpers import MultiNodeCluster, multinode_cluster, multinode_env  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
+
+
+def on_multinode(test):
+    return pytest.mark.slurm(pytest.mark.multinode(test))
 
 
 def sbatch_wait(cluster: MultiNodeCluster, script: str, tmp_path, *args: str) -> str:
@@ -28,6 +33,7 @@ def sbatch_wait(cluster: MultiNodeCluster, script: str, tmp_path, *args: str) ->
     return text
 
 
+@on_multinode
 def test_two_node_job_runs_a_step_on_each_node_with_its_own_hostname_address_and_gpus(multinode_env, tmp_path):
     out = sbatch_wait(multinode_env, """
 scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/^/nodelist /'
@@ -39,6 +45,7 @@ srun --ntasks-per-node=1 bash -c 'echo "step $SLURM_PROCID $(hostname) $(hostnam
     assert steps == [["0", "node1", nodes["node1"], "gpus=0,1"], ["1", "node2", nodes["node2"], "gpus=0,1"]], out
 
 
+@on_multinode
 def test_a_server_on_node1_is_reached_from_node2_only_at_node1s_address(multinode_env, tmp_path):
     node1, node2 = multinode_env.nodes[:2]
     (tmp_path / "hello.txt").write_text("from node1\n")
@@ -71,6 +78,7 @@ kill %1
     assert f"{node2.address} - -" in (tmp_path / "server.log").read_text()
 
 
+@on_multinode
 def test_scancel_of_a_two_node_job_leaves_no_process_on_either_node(multinode_env, tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/bash\nsrun --ntasks-per-node=1 bash -c 'touch {tmp_path}/up.$SLURM_NODEID; exec sleep 600'\n")
@@ -95,6 +103,7 @@ def test_scancel_of_a_two_node_job_leaves_no_process_on_either_node(multinode_en
     assert not any(left.values()), left
 
 
+@on_multinode
 def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, tmp_path):
     def where() -> dict:
         env = submitit.JobEnvironment()
@@ -117,3 +126,18 @@ def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, 
     assert job.watcher.get_state(job.job_id, mode="force") == "COMPLETED"
     batch_script = (tmp_path / "submitit" / f"{job.job_id}_submission.sh").read_text()
     assert "#SBATCH --nodes=2" in batch_script and "\nsrun " in batch_script
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_multinode_fixture_skips_without_the_cluster_but_fails_in_ci(tmp_path, require):
+    """Run one multinode test in a child pytest that looks for the cluster in an empty state dir."""
+    env = dict(os.environ, SLURM_MN_STATE=str(tmp_path / "none"), HPC_EVAL_REQUIRE_MULTINODE=require)
+    target = f"{Path(__file__).name}::test_scancel_of_a_two_node_job_leaves_no_process_on_either_node"
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsE", "-p", "no:cacheprovider", target],
+                           cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=120)
+    assert "multi-node Slurm is not running: start it with `bash scripts/start-slurm.sh && " \
+           "bash scripts/start-slurm-multinode.sh`" in child.stdout, child.stdout
+    if require:
+        assert child.returncode == 1 and "1 error" in child.stdout, child.stdout
+    else:
+        assert child.returncode == 0 and "1 skipped" in child.stdout, child.stdout
