@@ -67,6 +67,12 @@ for cmd in slurmctld slurmd slurmdbd mariadbd munged; do
   command -v "$cmd" >/dev/null || die "$cmd is missing: run scripts/start-slurm.sh first (it installs the packages)"
 done
 
+if ! command -v ip >/dev/null; then   # minimal Debian images lack iproute2
+  log "installing iproute2"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+fi
+
 alive() { # alive PIDFILE: the PID in it is a live process (zombies count as dead)
   local pid
   [ -s "$1" ] || return 1
