@@ -78,10 +78,11 @@ def _probe() -> tuple[MultiNodeCluster | None, str]:
         nodes.append(Node(name, address, netns, pid))
     cluster = MultiNodeCluster(str(conf), tuple(nodes))
     try:
-        out = cluster.slurm("sinfo", "-h", "-N", "-t", "idle,mix,alloc", "-o", "%N", timeout=15)
+        out = cluster.slurm("sinfo", "-h", "-N", "-o", "%N %t", timeout=15)
     except subprocess.TimeoutExpired:
         return None, "sinfo timed out"
-    ready = set(out.stdout.split())
+    # comp: still completing the previous test's job, it takes the next one right after
+    ready = {line.split()[0] for line in out.stdout.splitlines() if line.split()[1:] in (["idle"], ["mix"], ["alloc"], ["comp"])}
     missing = [node.name for node in nodes if node.name not in ready]
     if out.returncode != 0 or missing:
         return None, f"nodes not idle: {missing or out.stderr.strip()[:200]}"

@@ -123,7 +123,10 @@ def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, 
     assert job.task(0).result() == results[0]
     with pytest.raises(AssertionError, match=r"use `results\(\)`"):
         job.result()  # submitit refuses result() on a job with more than one task
-    assert job.watcher.get_state(job.job_id, mode="force") == "COMPLETED"
+    deadline = time.monotonic() + 60  # sacct (what submitit reads states with) lags the job by a few s
+    while (state := job.watcher.get_state(job.job_id, mode="force")) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state == "COMPLETED"
     batch_script = (tmp_path / "submitit" / f"{job.job_id}_submission.sh").read_text()
     assert "#SBATCH --nodes=2" in batch_script and "\nsrun " in batch_script
 
