@@ -12,7 +12,9 @@
 # files are shared as on a cluster. The bridge lives in a namespace of its own (<prefix>-sw), so
 # the host's firewall never sees node-to-node traffic; the host reaches it through one veth,
 # <prefix>-host, which carries the controller's address. A process on node2 reaches a server
-# on node1 only at node1's address: 127.0.0.1 is each node's own.
+# on node1 only at node1's address: 127.0.0.1 is each node's own. (Debian's Slurm is built with
+# multiple-slurmd support, but those slurmds share one host, one address and one loopback, so a
+# server started on one node would answer on all of them.)
 #
 #   host (slurmctld, slurmdbd, MariaDB)  $SUBNET.1     nodeN (slurmd, jobs)  $SUBNET.(10+N)
 #
