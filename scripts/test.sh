@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh ${HPC_EVAL_FRESH_SLURM:+--fresh}
+# 2 nodes for tests marked multinode; where namespaces are not allowed they skip, except in CI
+bash scripts/start-slurm-multinode.sh ${HPC_EVAL_FRESH_SLURM:+--fresh} || [ "${HPC_EVAL_REQUIRE_MULTINODE:-}" != 1 ]
 command -v scrontab >/dev/null || bash scripts/build-scrontab.sh   # Debian ships no scrontab client
 rc=0
 .venv/bin/python -m pytest -q "$@" || rc=$?

@@ -50,6 +50,7 @@ def pytest_configure(config):
     os.environ["NEMO_EVALUATOR_EXEC_DB_FILE"] = os.path.join(session_dir, "exec-db.v1.jsonl")
     os.environ["XDG_CACHE_HOME"] = os.path.join(session_dir, "cache")  # hpc-eval's task catalogue cache
     config.addinivalue_line("markers", "slurm: needs the real local Slurm (scripts/start-slurm.sh)")
+    config.addinivalue_line("markers", "multinode: needs the multi-node Slurm (scripts/start-slurm-multinode.sh)")
     config.addinivalue_line(
         "markers", "slow: end-to-end tests that run a real evaluation (still run in CI)"
     )
