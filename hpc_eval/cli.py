@@ -131,15 +131,15 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
     choice = submit_lib.choose_checkpoints(list(checkpoints), selection, strict=strict)
     first = choice.valid[0][0] if choice.valid else None
     config = config_lib.load_config(config_name, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir, gpus=gpus)
-    for note in config.notes:
-        click.echo(note, err=True)
     config_lib.preflight(config)
     settings = submit_lib.slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     result = submit_lib.submit_evaluations(config, choice, settings, run=run_label, force=force, dry_run=dry_run)
     if as_json:
-        emit_json({**result.to_dict(), "output_dir": str(config.output_dir), **follow_up_commands(result, config.output_dir)})
+        emit_json({**result.to_dict(), "output_dir": str(config.output_dir), "notes": config.notes, **follow_up_commands(result, config.output_dir)})
     else:
         print_submit_result(result, config.output_dir)
+        for note in config.notes:  # what was converted from a launcher or Nemotron config, once
+            click.echo(note)
 
 
 def follow_up_commands(result, output_dir) -> dict[str, str]:

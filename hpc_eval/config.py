@@ -321,7 +321,7 @@ def check_launcher_shape(config: EvalConfig) -> None:
     if execution_type == "lepton":
         raise ConfigError(
             f"{source}: execution.type: lepton runs on DGX Cloud Lepton, not in a Slurm allocation; "
-            f"hpc-eval submits to Slurm itself, so use execution.type: hpc_eval (or local), or run this config with `nel run`"
+            f"hpc-eval submits to Slurm itself, so use execution.type: local (or hpc_eval), or run this config with `nel run`"
         )
     if execution_type not in IN_JOB_EXECUTORS:
         raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
@@ -358,7 +358,11 @@ def preflight(config: EvalConfig) -> None:
     """
     from hpc_eval.acceptance import check_acceptance
 
+    check_tasks(config)
     check_acceptance(saved_form(config.launcher, config.output_dir), config.source)
+
+
+def check_tasks(config: EvalConfig) -> None:
     evaluation = config.launcher.get("evaluation") or {}
     # A cron pass checks the same config every few minutes: once this launcher accepted these
     # tasks, skip the launcher's import (0.4 s) and the checks.
