@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | none | an endpoint (target.api_endpoint.url) | labels the run only; nothing is served |
 | generic | Export-Deploy in-framework: a Megatron checkpoint at /checkpoint | sets deployment.checkpoint_path |
-| vllm, vllm_ray, sglang, trtllm | a Hugging Face model: hf_model_handle, else checkpoint_path | serves iter_N/hf when it is a complete HF export and clears hf_model_handle; refused otherwise |
+| vllm, vllm_ray, sglang, trtllm | a Hugging Face model: hf_model_handle, else checkpoint_path (trtllm: checkpoint_path only) | serves iter_N/hf when it is a complete HF export and clears hf_model_handle; refused otherwise |
 | nim | the model baked into its image | refused: a NIM never loads a checkpoint |
 
 Without `--checkpoint`, an HF server serves what the config names (a run labelled by the config,
@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpc_eval.errors import ConfigError
 
 HF_SERVERS = {"vllm": "vLLM", "vllm_ray": "vLLM", "sglang": "SGLang", "trtllm": "TensorRT-LLM"}
+HANDLE_SERVERS = ("vllm", "vllm_ray", "sglang")  # their commands serve hf_model_handle when set; trtllm always /checkpoint
 DEPLOYMENTS: dict[str, str] = {
     "none": "an endpoint (target.api_endpoint.url); --checkpoint only labels the run",
     "generic": "Export-Deploy in-framework (Megatron native); --checkpoint sets deployment.checkpoint_path",
@@ -101,7 +102,7 @@ def apply_checkpoint(cfg: DictConfig, checkpoint: Path, source: Path) -> None:
 def serve_configured_model(cfg: DictConfig) -> None:
     """Without --checkpoint an HF server with hf_model_handle serves that: its `???` checkpoint_path is not asked for."""
     deployment = cfg.get("deployment")
-    if deployment_type(cfg) in HF_SERVERS and deployment.get("hf_model_handle", None) and OmegaConf.is_missing(deployment, "checkpoint_path"):
+    if deployment_type(cfg) in HANDLE_SERVERS and deployment.get("hf_model_handle", None) and OmegaConf.is_missing(deployment, "checkpoint_path"):
         deployment.checkpoint_path = None
 
 
@@ -116,7 +117,8 @@ def check_checkpoints(launcher: dict[str, Any], checkpoints: list[Path], source:
     if kind == "generic" and not checkpoints and not deployment.get("checkpoint_path"):
         raise ConfigError(f"{source}: deployment.type generic serves /checkpoint: give --checkpoint PATH "
                           f"(an iter_* directory, or a run directory with --all/--latest)")
-    if kind in HF_SERVERS and not checkpoints and not (deployment.get("hf_model_handle") or deployment.get("checkpoint_path")):
+    served = deployment.get("checkpoint_path") or (deployment.get("hf_model_handle") if kind in HANDLE_SERVERS else None)
+    if kind in HF_SERVERS and not checkpoints and not served:
         raise ConfigError(f"{source}: deployment.type {kind} has neither deployment.hf_model_handle nor deployment.checkpoint_path; "
                           f"set one, or give --checkpoint PATH (an iter_* directory holding an HF export in hf/)")
     for checkpoint in checkpoints:

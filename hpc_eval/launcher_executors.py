@@ -51,7 +51,8 @@ def adopt(cfg: DictConfig, explicit_slurm: set[str], source: Path) -> list[str]:
     if kind == "slurm":
         unused = [key for key in SSH_ONLY_KEYS if key in execution.keys()]
         kept = {key: execution._get_node(key) for key in KEPT_EXECUTION_KEYS if key in execution.keys()}
-        cfg.execution = {"type": "hpc_eval", "runtime": "auto", **kept}
+        # the slurm executor runs tasks one after the other; without `mode` the local one would run them in parallel
+        cfg.execution = {"type": "hpc_eval", "runtime": "auto", "mode": "sequential", **kept}
         notes.append(f"note: execution.type slurm runs here as execution.type hpc_eval (runtime {OmegaConf.select(cfg, 'execution.runtime')}) inside the job hpc-eval submits; "
                      f"its sbatch settings went to the slurm: section" + (f"; {', '.join('execution.' + k for k in unused)} (SSH submission) are neither required nor used" if unused else ""))
     return notes
