@@ -20,7 +20,8 @@ REFUSED_EXPORTS = {"wandb", "mlflow"}
 
 
 def check_auto_export(launcher: dict[str, Any], source) -> None:
-    """auto_export is never dropped silently: the hpc_eval executor runs no exporter yet."""
+    """auto_export is never dropped silently: wandb and mlflow wait for our exporter (step = training
+    iteration); the local executor runs the others itself, the hpc_eval executor runs none yet."""
     destinations = list(((launcher.get("execution") or {}).get("auto_export") or {}).get("destinations") or [])
     if not destinations:
         return
@@ -28,6 +29,8 @@ def check_auto_export(launcher: dict[str, Any], source) -> None:
     if ours:
         raise ConfigError(f"{source}: execution.auto_export to {', '.join(ours)} is not run by hpc-eval; its exporter at step = training "
                           f"iteration is coming (issue 17): remove the key (~execution.auto_export) and export with `nel export` meanwhile")
+    if (launcher.get("execution") or {}).get("type") == "local":
+        return  # the launcher's local executor runs these exporters at the end of each task's script
     raise ConfigError(f"{source}: execution.auto_export to {', '.join(map(str, destinations))} is not run inside the hpc-eval job; "
                       f"remove the key (~execution.auto_export) and run `nel export INVOCATION --dest {destinations[0]}` after the job")
 

@@ -239,3 +239,25 @@ def test_auto_never_falls_back_to_host_for_a_deployment(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"no container runtime on node .*tried docker .*pyxis .*apptainer"):
         runtime.choose_runtime("auto", needs_image=True)
     assert runtime.choose_runtime("auto", needs_image=False)[0] == "host"  # deployment none: the harness on the host
+
+
+def test_auto_export_elsewhere_runs_with_the_local_executor_and_is_refused_with_ours(tmp_path):
+    generic = (USERS / "generic.yaml").read_text()
+    local = tmp_path / "local_export.yaml"
+    local.write_text(generic.replace("  output_dir: ./nel-results", "  output_dir: ./nel-results\n  auto_export: {destinations: [local]}"))
+    iteration = make_iter(tmp_path / "ck", 2)
+    saved, _ = accepted(tmp_path, "-c", str(local), "--checkpoint", str(iteration))
+    assert saved["execution"]["auto_export"]["destinations"] == ["local"]
+    lines = refused(tmp_path, "-c", str(local), "execution.type=hpc_eval", "--checkpoint", str(iteration))
+    assert len(lines) == 1 and "execution.auto_export to local" in lines[0] and "~execution.auto_export" in lines[0]
+
+
+def test_acceptance_runs_once_per_config_not_per_checkpoint(tmp_path):
+    run = tmp_path / "run" / "checkpoints"
+    for step in (10, 20, 30):
+        make_iter(run, step)
+    done = dry_run(tmp_path, "-c", str(USERS / "nemotron_run_env.yaml"), "--checkpoint", str(run), "--all")
+    assert done.returncode == 0, done.stderr
+    saved = [yaml.safe_load(Path(path).read_text()) for path in json.loads(done.stdout)["launcher_configs"]]
+    assert sorted(Path(config["deployment"]["checkpoint_path"]).name for config in saved) == ["iter_0000010", "iter_0000020", "iter_0000030"]
+    assert len(list((tmp_path / "cache" / "hpc-eval").glob("accepted-*.json"))) == 1
