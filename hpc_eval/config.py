@@ -24,8 +24,8 @@ from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
 
 TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
-# Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
-# submit again from inside the job.
+# Executors that run the evaluation on the node the payload runs on. A launcher `slurm` executor is
+# turned into `hpc_eval` (launcher_executors.py); `lepton` is refused.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
 # The `slurm:` section: defaults for one single-node GPU evaluation. Every key can be overridden
 # (slurm.time=...) without a `+`; any other sbatch flag goes in additional_parameters.
@@ -353,8 +353,11 @@ def preflight(config: EvalConfig) -> None:
 
     Passing checks are remembered per launcher version in the cache (see `cache_file`).
 
+    Then the launcher's own acceptance checks on the config as it will be saved (acceptance.py).
+
     Raises:
-        ConfigError: an unknown or ambiguous task, a bad evaluation key, or a filter that matches nothing.
+        ConfigError: an unknown or ambiguous task, a bad evaluation key, a filter that matches
+            nothing, a config the launcher rejects, or a variable it needs that is not set.
     """
     from hpc_eval.acceptance import check_acceptance
 
