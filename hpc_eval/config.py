@@ -196,7 +196,7 @@ def key_exists(cfg: DictConfig, dotted: str) -> bool:
     node: Any = cfg
     for part in dotted.split("."):
         # `part in node` is False for a `???` value: OmegaConf reports it as absent
-        if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing()) and part in node.keys():
+        if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing()) and part in node.keys():  # noqa: SIM118
             node = node._get_node(part)
         elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
             node = node._get_node(int(part))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval.errors import ConfigError
 
@@ -47,10 +48,10 @@ def adopt(cfg: DictConfig, explicit_slurm: set[str], source: Path) -> list[str]:
         filled |= slurm_from_execution(cfg, execution, filled)
     filled |= slurm_from_run_env(cfg, filled)
     if OmegaConf.is_missing(execution, "output_dir"):
-        execution.output_dir = None  # the root is used (see root_dir); the saved config gets its evaluation dir
+        execution.output_dir = None  # the root is used (see config.resolve); the saved config gets its evaluation dir
     if kind == "slurm":
-        unused = [key for key in SSH_ONLY_KEYS if key in execution.keys()]
-        kept = {key: execution._get_node(key) for key in KEPT_EXECUTION_KEYS if key in execution.keys()}
+        unused = [key for key in SSH_ONLY_KEYS if key in execution.keys()]  # noqa: SIM118 (`in` misses a `???` value)
+        kept = {key: execution._get_node(key) for key in KEPT_EXECUTION_KEYS if key in execution.keys()}  # noqa: SIM118
         # the slurm executor runs tasks one after the other; without `mode` the local one would run them in parallel
         cfg.execution = {"type": "hpc_eval", "runtime": "auto", "mode": "sequential", **kept}
         notes.append(f"note: execution.type slurm runs here as execution.type hpc_eval (runtime {OmegaConf.select(cfg, 'execution.runtime')}) inside the job hpc-eval submits; "
@@ -62,7 +63,7 @@ def value(cfg: DictConfig, key: str) -> Any:
     """The resolved value at `key`, None when absent, `???` or not resolvable yet."""
     try:
         return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-    except Exception:  # an interpolation to a `???`: the key is unset as far as sbatch is concerned
+    except OmegaConfBaseException:  # an interpolation to a `???`: the key is unset as far as sbatch is concerned
         return None
 
 
@@ -152,8 +153,9 @@ def migrate_env_vars(cfg: DictConfig, source: Path) -> list[str]:
                 OmegaConf.update(cfg, f"{target}.{name}", new, merge=False, force_add=True)
                 moved.append(f"{part}.{name}")
     del execution["env_vars"]
-    return [f"note: execution.env_vars migrated as `nel migrate-config` does ({', '.join(moved) or 'nothing to move'}): "
-            f"deployment entries to deployment.env_vars, evaluation entries to env_vars"]
+    note = (f"note: execution.env_vars migrated as `nel migrate-config` does ({', '.join(moved) or 'nothing to move'}): "
+            f"deployment entries to deployment.env_vars, evaluation entries to env_vars")
+    return [note]
 
 
 def check_single_node(slurm: dict[str, Any], source: Path) -> None:
