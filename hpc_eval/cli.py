@@ -131,14 +131,16 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
     selection = submit_lib.Selection(select_all, latest, every, from_step, to_step)
     choice = submit_lib.choose_checkpoints(list(checkpoints), selection, strict=strict)
     first = choice.valid[0][0] if choice.valid else None
-    config = config_lib.load_config(config_name, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir)
+    config = config_lib.load_config(config_name, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir, gpus=gpus)
     config_lib.preflight(config)
     settings = slurm_settings(config, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     result = submit_lib.submit_evaluations(config, choice, settings, run=run_label, force=force, dry_run=dry_run)
     if as_json:
-        emit_json({**result.to_dict(), "output_dir": str(config.output_dir), **follow_up_commands(result, config.output_dir)})
+        emit_json({**result.to_dict(), "output_dir": str(config.output_dir), "notes": config.notes, **follow_up_commands(result, config.output_dir)})
     else:
         print_submit_result(result, config.output_dir)
+        for note in config.notes:  # what was converted from a launcher or Nemotron config, once
+            click.echo(note)
 
 
 def follow_up_commands(result, output_dir) -> dict[str, str]:
@@ -390,7 +392,7 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     missing = [path for path in run_dirs if not Path(path).is_dir()]
     if missing or not run_dirs:
         raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")
-    base = config_lib.load_config(config_name, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir)
+    base = config_lib.load_config(config_name, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir, gpus=gpus)
     settings = slurm_settings(base, slurm_cli_overrides(partition, account, time_limit, gpus, parallel))
     options = watch_lib.WatchOptions(max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None)
     while True:

@@ -19,14 +19,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
+from hpc_eval import deployments, launcher_executors
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
 from hpc_eval.resources import BUILTIN_CONFIGS, RUNTIME_CHOICES
 from hpc_eval.slurm import SLURM_DEFAULTS, SlurmSettings, check_slurm_keys
 
 TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
-# Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
-# submit again from inside the job.
+# Executors that run the evaluation on the node the payload runs on. A launcher `slurm` executor is
+# turned into `hpc_eval` (launcher_executors.py); `lepton` is refused.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
 
 
@@ -41,6 +42,7 @@ class EvalConfig:
     task_filters: list[str] | None = None
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     unresolved: DictConfig | None = field(default=None, repr=False, compare=False)  # to resolve again per checkpoint
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what was converted, for the dry run
     # True once a second resolution showed the checkpoint path only appears verbatim in the values
     path_is_text: bool | None = field(default=None, repr=False, compare=False)
 
@@ -68,11 +70,11 @@ class EvalConfig:
         has shown that swapping the path in the resolved values gives the same config, later
         checkpoints get that swap instead.
         """
-        path = str(checkpoint.absolute())
+        path = deployments.served_path(deployments.deployment_type(self.launcher), checkpoint, self.source)
         if self.path_is_text and self.checkpoint_path:
             return self.with_checkpoint_text(path)
         cfg = self.unresolved.copy()
-        OmegaConf.update(cfg, "deployment.checkpoint_path", path, force_add=True)
+        deployments.apply_checkpoint(cfg, checkpoint, self.source)
         config = resolve(self.source, cfg, self.task_filters or ())
         if self.path_is_text is None and self.checkpoint_path and path != self.checkpoint_path:
             self.path_is_text = self.with_checkpoint_text(path) == config
@@ -169,7 +171,8 @@ def with_slurm_defaults(cfg: DictConfig, source: Path) -> DictConfig:
 def key_exists(cfg: DictConfig, dotted: str) -> bool:
     node: Any = cfg
     for part in dotted.split("."):
-        if isinstance(node, DictConfig) and part in node:
+        # `part in node` is False for a `???` value: OmegaConf reports it as absent
+        if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing()) and part in node.keys():  # noqa: SIM118
             node = node._get_node(part)
         elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
             node = node._get_node(int(part))
@@ -234,6 +237,7 @@ def load_config(
     checkpoint: str | Path | None = None,
     tasks: tuple[str, ...] | list[str] = (),
     output_dir: str | Path | None = None,
+    gpus: int | None = None,
 ) -> EvalConfig:
     """Load a config, apply overrides and the checkpoint, resolve it, and take out the tool's keys.
 
@@ -241,14 +245,24 @@ def load_config(
         ConfigError: the file, an override or a resolved value is wrong.
     """
     source = find_config(name_or_path)
-    cfg = with_slurm_defaults(compose(source, read_yaml_mapping(source)), source)
+    composed = compose(source, read_yaml_mapping(source))
+    explicit_slurm = set((composed.get("slurm") or {}).keys())
+    cfg = with_slurm_defaults(composed, source)
     for item in overrides:
         apply_override(cfg, item, source)
+        if item.lstrip("+").startswith("slurm."):
+            explicit_slurm.add(item.lstrip("+").split("=")[0].split(".")[1])
+    notes = launcher_executors.adopt(cfg, explicit_slurm, source)
+    if gpus is not None:
+        launcher_executors.set_gpus(cfg, gpus)
+    deployments.serve_configured_model(cfg)
     if checkpoint is not None:
-        OmegaConf.update(cfg, "deployment.checkpoint_path", str(Path(checkpoint).absolute()), force_add=True)
+        deployments.apply_checkpoint(cfg, Path(checkpoint), source)
     if output_dir is not None:
         OmegaConf.update(cfg, "output_dir", str(output_dir), force_add=True)
-    return resolve(source, cfg, tasks)
+    config = resolve(source, cfg, tasks)
+    config.notes = notes
+    return config
 
 
 def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -> EvalConfig:
@@ -265,8 +279,13 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     task_filters = list(tasks) or tool.get("task_filters") or None
     if task_filters is not None and not isinstance(task_filters, list):
         raise ConfigError(f"{source}: task_filters must be a list such as [name, name.0], not {task_filters!r}")
-    output_dir = Path(tool.get("output_dir") or "./results").expanduser().absolute()
+    execution = resolved.get("execution") if isinstance(resolved.get("execution"), dict) else {}
+    # the config's own execution.output_dir is the root when it has no output_dir of ours
+    output_dir = Path(tool.get("output_dir") or execution.get("output_dir") or "./results").expanduser().absolute()
+    if execution:
+        execution["output_dir"] = str(output_dir)  # what `config show` prints is what will be used
     config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
+    launcher_executors.check_single_node(config.slurm, source)
     check_launcher_shape(config)
     return config
 
@@ -275,10 +294,10 @@ def check_launcher_shape(config: EvalConfig) -> None:
     """Checks that need no launcher import: executor type and the endpoint/deployment pairing."""
     launcher, source = config.launcher, config.source
     execution_type = (launcher.get("execution") or {}).get("type")
-    if execution_type in ("slurm", "lepton"):
+    if execution_type == "lepton":
         raise ConfigError(
-            f"{source}: execution.type: {execution_type} would make the launcher submit again from inside the GPU job; "
-            f"hpc-eval does the Slurm submission itself, so use execution.type: local (or hpc_eval)"
+            f"{source}: execution.type: lepton runs on DGX Cloud Lepton, not in a Slurm allocation; "
+            f"hpc-eval submits to Slurm itself, so use execution.type: local (or hpc_eval), or run this config with `nel run`"
         )
     if execution_type not in IN_JOB_EXECUTORS:
         raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
@@ -286,6 +305,9 @@ def check_launcher_shape(config: EvalConfig) -> None:
         runtime = launcher["execution"].get("runtime", "auto")
         if runtime not in RUNTIME_CHOICES:
             raise ConfigError(f"{source}: execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")
+    from hpc_eval.acceptance import check_auto_export
+
+    check_auto_export(launcher, source)
     endpoint = ((launcher.get("target") or {}).get("api_endpoint")) or {}
     if config.serves_checkpoint:
         present = [k for k in ("url", "model_id") if k in endpoint]
@@ -305,9 +327,19 @@ def preflight(config: EvalConfig) -> None:
 
     Passing checks are remembered per launcher version in the cache (see `cache_file`).
 
+    Then the launcher's own acceptance checks on the config as it will be saved (acceptance.py).
+
     Raises:
-        ConfigError: an unknown or ambiguous task, a bad evaluation key, or a filter that matches nothing.
+        ConfigError: an unknown or ambiguous task, a bad evaluation key, a filter that matches
+            nothing, a config the launcher rejects, or a variable it needs that is not set.
     """
+    from hpc_eval.acceptance import check_acceptance
+
+    check_tasks(config)
+    check_acceptance(saved_form(config.launcher, config.output_dir), config.source)
+
+
+def check_tasks(config: EvalConfig) -> None:
     evaluation = config.launcher.get("evaluation") or {}
     # A cron pass checks the same config every few minutes: once this launcher accepted these
     # tasks, skip the launcher's import (0.4 s) and the checks.
@@ -364,10 +396,14 @@ class LauncherDumper(getattr(yaml, "CDumper", yaml.Dumper)):
 LauncherDumper.add_representer(str, OmegaConfDumper.str_representer)
 
 
+def saved_form(launcher: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
+    """The launcher config as saved for one evaluation: its output pointed at `eval_dir`."""
+    return {**launcher, "execution": {**launcher.get("execution", {}), "output_dir": str(eval_dir)}}
+
+
 def save_launcher_config(config: EvalConfig, eval_dir: Path) -> Path:
     """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
-    launcher = dict(config.launcher)
-    launcher["execution"] = {**launcher.get("execution", {}), "output_dir": str(eval_dir)}
+    launcher = saved_form(config.launcher, eval_dir)
     path = eval_dir / "launcher_config.yaml"
     path.write_text(yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False))
     return path

@@ -67,8 +67,12 @@ def executor_class() -> type:
     return HpcEvalExecutor
 
 
-def choose_runtime(requested: str) -> tuple[str, str]:
-    """(runtime, why): the requested one, or with `auto` the first that this node can run."""
+def choose_runtime(requested: str, needs_image: bool = False) -> tuple[str, str]:
+    """(runtime, why): the requested one, or with `auto` the first that this node can run.
+
+    A deployment that needs its image (every type but none) never falls back to `host`, which
+    cannot run an image: without a container runtime the job fails at once, saying what was tried.
+    """
     if requested != "auto":
         return requested, "execution.runtime"
     if shutil.which("docker") and probe(["docker", "info"]) is not None:
@@ -77,6 +81,10 @@ def choose_runtime(requested: str) -> tuple[str, str]:
         return "pyxis", "auto: no docker daemon; `srun --help` knows --container-image (pyxis)"
     if shutil.which("apptainer"):
         return "apptainer", "auto: no docker daemon, no pyxis; apptainer is on PATH"
+    if needs_image:
+        raise RuntimeError(f"no container runtime on node {os.uname().nodename} for the deployment's image: tried docker (no daemon answers "
+                           f"`docker info`), pyxis (`srun --help` lists no --container-image), apptainer (not on PATH); "
+                           f"run on a node that has one, or set execution.runtime")
     return "host", "auto: no docker daemon, no pyxis, no apptainer"
 
 
@@ -98,7 +106,7 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
 
     options = Options.from_config(cfg)
-    runtime, reason = choose_runtime(options.runtime)
+    runtime, reason = choose_runtime(options.runtime, cfg.deployment.type != "none")
     print(f"hpc_eval executor: runtime {runtime} ({reason})", flush=True)
     invocation_id = generate_invocation_id()
     invocation_dir = new_invocation_dir(cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id)

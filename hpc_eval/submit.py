@@ -17,7 +17,8 @@ from typing import Any
 
 from hpc_eval import __version__, identity
 from hpc_eval.config import EvalConfig, save_launcher_config
-from hpc_eval.errors import CheckpointError, ConfigError
+from hpc_eval.deployments import check_checkpoints
+from hpc_eval.errors import CheckpointError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)
 from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, find_existing, now_iso, run_name, write_json
@@ -274,11 +275,10 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
     """Plan, claim, save and submit; with dry_run, save under a temp dir and submit nothing.
 
     Raises:
-        ConfigError: the deployment serves a checkpoint and none was given.
+        ConfigError: the deployment cannot serve what was given (see hpc_eval/deployments.py).
         SlurmUnavailable, SubmitError: as `submit`.
     """
-    if config.serves_checkpoint and not choice.valid and not config.checkpoint_path:
-        raise ConfigError(f"{config.source}: deployment.type {config.launcher['deployment']['type']} serves /checkpoint: give --checkpoint PATH (an iter_* directory, or a run directory with --all/--latest)")
+    check_checkpoints(config.launcher, [checkpoint for checkpoint, _ in choice.valid], config.source)
     evaluations = plan(config, choice.valid, run=run, force=force)
     result = SubmitResult(evaluations, choice.invalid, [], dry_run)
     if dry_run:

@@ -156,7 +156,7 @@ def test_builtin_default_resolves_with_checkpoint(iter_dir):
     config = load_config("default", checkpoint=iter_dir)
     assert config.source.name == "default.yaml"
     assert config.launcher["deployment"]["type"] == "generic"
-    assert config.launcher["execution"]["type"] == "local"
+    assert config.launcher["execution"]["type"] == "hpc_eval"
     assert config.checkpoint_path == str(iter_dir)
     assert config.serves_checkpoint
 
@@ -191,7 +191,7 @@ def test_defaults_list_is_composed_with_launcher_groups(sandbox):
     )
     vllm_group = yaml.safe_load(packaged.read_text())
     config = load_config(
-        str(write(sandbox, "vllm.yaml", VLLM_YAML)), checkpoint="/ckpt/iter_0000010"
+        str(write(sandbox, "vllm.yaml", VLLM_YAML)), ["deployment.checkpoint_path=/ckpt/hf_model"]
     )
     deployment = config.launcher["deployment"]
     assert deployment["type"] == "vllm"
@@ -460,7 +460,7 @@ def test_preflight_writes_nothing_in_home(tmp_path):
         "import sys\n"
         "assert 'nemo_evaluator_launcher' not in sys.modules\n"
         "preflight(load_config('tiny_chat'))\n"
-        "preflight(load_config('vllm.yaml', checkpoint='/ckpt/iter_0000010'))\n"
+        "preflight(load_config('vllm.yaml', overrides=['deployment.checkpoint_path=/ckpt/hf_model']))\n"
         "assert 'nemo_evaluator_launcher' in sys.modules\n"
         "print('preflight ok')\n"
     )
@@ -571,15 +571,15 @@ BAD_INPUTS = [
         id="task-filters-key-no-match",
     ),
     pytest.param(
-        {"exec_slurm.yaml": ENDPOINT_YAML.replace("type: local", "type: slurm")},
+        {"exec_slurm.yaml": ENDPOINT_YAML.replace("type: local", "type: slurm\n  num_nodes: 2")},
         ["-c", "CFG/exec_slurm.yaml"],
         [
             "exec_slurm.yaml",
-            "execution.type: slurm",
-            "submit again from inside",
-            "use execution.type: local",
+            "execution.num_nodes",
+            "multi-node evaluation is not supported yet",
+            "slurm.nodes=1",
         ],
-        id="execution-type-slurm",
+        id="execution-type-slurm-multi-node",
     ),
     pytest.param(
         {"exec_lepton.yaml": ENDPOINT_YAML.replace("type: local", "type: lepton")},
@@ -659,11 +659,11 @@ def test_bad_input_is_one_error_line(sandbox, tmp_path, files, args, fragments):
 
 
 def test_bad_input_same_line_from_config_show(sandbox):
-    path = write(sandbox, "exec_slurm.yaml", ENDPOINT_YAML.replace("type: local", "type: slurm"))
+    path = write(sandbox, "exec_slurm.yaml", ENDPOINT_YAML.replace("type: local", "type: lepton"))
     result = CliRunner().invoke(main, ["config", "show", "-c", str(path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [result.output.strip()]
-    assert result.output.startswith(f"Error: {path}: execution.type: slurm")
+    assert result.output.startswith(f"Error: {path}: execution.type: lepton")
 
 
 def test_debug_shows_the_traceback_instead(sandbox):
