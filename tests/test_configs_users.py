@@ -233,7 +233,7 @@ def test_auto_export_to_wandb_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- the executor's runtime choice
 def test_auto_never_falls_back_to_host_for_a_deployment(monkeypatch, tmp_path):
-    from hpc_eval import runtime
+    from hpc_eval import executor as runtime
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker, srun or apptainer on this "node"
     with pytest.raises(RuntimeError, match=r"no container runtime on node .*tried docker .*pyxis .*apptainer"):
