@@ -17,7 +17,7 @@ import socket
 from typing import Any
 
 # A port argument, before the number: --port N, --port=N, --http-port N, host:N, NIM_SERVER_PORT=N
-PORT_ARGUMENT = r"(?:--(?:[\w-]*-)?port[ =]|\b[A-Z_]*PORT=|:)"
+PORT_ARGUMENT = r"(?:(?<![\w-])--(?:[\w-]*-)?port[ =]|\b[A-Z_]*PORT=|:)"
 
 
 class PortError(ValueError):
@@ -30,7 +30,7 @@ def serves(launcher: dict[str, Any]) -> bool:
 
 def port_arguments(command: str, port: int) -> list[re.Match]:
     """Each place where `command` passes `port` as a port argument."""
-    return list(re.finditer(rf"(?<!\w)(?P<flag>{PORT_ARGUMENT}['\"]?){port}(?!\d)", command))
+    return list(re.finditer(rf"(?P<flag>{PORT_ARGUMENT}['\"]?){port}(?!\d)", command))
 
 
 def check_port(launcher: dict[str, Any]) -> None:
