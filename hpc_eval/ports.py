@@ -5,8 +5,9 @@ start their servers on the config's `deployment.port`: the second cannot bind, a
 check and requests reach the first one's server. So the payload picks a free port when the job
 starts and puts it into the config it hands to the launcher (`with_port`). The saved config holds
 the resolved server command, where `${deployment.port}` is already a number: the port is found
-there as a port argument (`--port N`, `--port=N`, `:N`, `..._PORT=N`) and must appear exactly
-once, which `check_port` makes sure of at submit time.
+there as a port argument (`--port N`, `--port=N`, `:N`, `..._PORT=N`), or, when there is none, as
+the one word of the command that is the number (`serve.py ${deployment.port}`). `check_port` makes
+sure at submit time that exactly one such place exists.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 # A port argument, before the number: --port N, --port=N, --http-port N, host:N, NIM_SERVER_PORT=N
 PORT_ARGUMENT = r"(?:(?<![\w-])--(?:[\w-]*-)?port[ =]|\b[A-Z_]*PORT=|:)"
+WORD_BEFORE, WORD_AFTER = r"(?<![^\s'\"])", r"(?![^\s'\";)])"  # a whole word of the shell command
 
 
 class PortError(ValueError):
@@ -29,8 +31,9 @@ def serves(launcher: dict[str, Any]) -> bool:
 
 
 def port_arguments(command: str, port: int) -> list[re.Match]:
-    """Each place where `command` passes `port` as a port argument."""
-    return list(re.finditer(rf"(?P<flag>{PORT_ARGUMENT}['\"]?){port}(?!\d)", command))
+    """Each place where `command` passes `port` as a port argument; else each word that is `port`."""
+    flagged = list(re.finditer(rf"(?P<flag>{PORT_ARGUMENT}['\"]?){port}(?!\d)", command))
+    return flagged or list(re.finditer(rf"(?P<flag>){WORD_BEFORE}{port}{WORD_AFTER}", command))
 
 
 def check_port(launcher: dict[str, Any]) -> None:
@@ -43,7 +46,7 @@ def check_port(launcher: dict[str, Any]) -> None:
     if found != 1:
         where = "does not pass it" if found == 0 else f"passes it {found} times"
         raise PortError(
-            f"deployment.command {where} as a port argument (deployment.port is {port!r}); each evaluation gets its own "
+            f"deployment.command {where} as a port argument or a word of its own (deployment.port is {port!r}); each evaluation gets its own "
             f"port on the node, so write the port as ${{deployment.port}} exactly once in the command, e.g. --port ${{deployment.port}}")
 
 

@@ -6,7 +6,7 @@ evaluation harness talks HTTP to it exactly as it would to a real server, and al
 the same deterministic answer.
 
 Usage:  python3 scripts/fake_openai.py PORT        (PORT 0 = pick a free port)
-        python3 scripts/fake_openai.py --port PORT [--metrics-port PORT2]
+        python3 scripts/fake_openai.py [--port] PORT [--metrics-port PORT2]
           --metrics-port also binds PORT2 (as a real server's metrics or dashboard port does): when
           it is taken, the server dies at start with "OSError: [Errno 98] Address already in use"
 Prints one line when it is ready to serve:
@@ -170,8 +170,10 @@ def _stop(signum, _frame):
 
 def main(argv):
     args = argv[1:]
-    options = dict(zip(args[::2], args[1::2])) if args and args[0].startswith("--") else {}
-    port = int(options.get("--port", args[0] if args and not options else 8000))
+    if args and not args[0].startswith("--"):
+        args = ["--port", *args]
+    options = dict(zip(args[::2], args[1::2]))
+    port = int(options.get("--port", 8000))
     if "--metrics-port" in options:
         metrics = socket.socket()
         metrics.bind(("127.0.0.1", int(options["--metrics-port"])))  # kept open while serving

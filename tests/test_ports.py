@@ -33,7 +33,8 @@ def generic(command: str, port=1235, type_="generic") -> dict:
      "bash -c 'python deploy.py --num_gpus 1 --port 40001 --num_replicas 1'"),
     ("serve --max-len 1235 --http-port 1235", "serve --max-len 1235 --http-port 40001"),  # only the port argument moves
     ("serve --port '1235'", "serve --port '40001'"),
-], ids=["space", "equals", "host-colon", "env", "default-shape", "other-number-kept", "quoted"])
+    ("exec python3 fake_openai.py 1235; echo", "exec python3 fake_openai.py 40001; echo"),  # `${deployment.port}` alone
+], ids=["space", "equals", "host-colon", "env", "default-shape", "other-number-kept", "quoted", "positional"])
 def test_the_port_argument_is_replaced_once(command, expected):
     moved = with_port(generic(command), 40001)
     assert moved["deployment"]["command"] == expected and moved["deployment"]["port"] == 40001
@@ -45,7 +46,8 @@ def test_the_port_argument_is_replaced_once(command, expected):
     ("serve --port 12350", "does not pass it"),  # another number that starts with the port's digits
     ("serve --port 8000", "does not pass it"),  # a fixed number other than deployment.port
     ("serve --port 1235 --metrics-port 1235", "passes it 2 times"),
-    ("serve --tokens 1235", "does not pass it"),  # the number, but not as a port argument
+    ("serve --tokens 1235 --batch 1235", "passes it 2 times"),  # two words, no port argument: which one?
+    ("serve --max-len 12345 /data/1235", "does not pass it"),  # digits inside other words
 ])
 def test_a_command_without_exactly_one_port_argument_is_refused(command, says):
     with pytest.raises(PortError, match=says) as raised:
