@@ -110,8 +110,10 @@ def test_a_server_that_cannot_bind_fails_with_its_own_reason(tmp_path, monkeypat
     assert f"{failed['task_dir']}/logs/server_stdout.log" in reason and "OSError: [Errno 98] Address already in use" in reason
     assert not (failed["task_dir"] / "logs" / "client_stdout.log").exists()  # no client ever started
     assert_served_by_its_own_server(found[200], 200)  # the other evaluation is unaffected
-    shown = hpc_eval("status", "--output-dir", tmp_path / "evals")
-    assert "Address already in use" in shown.output, shown.output
+    shown = hpc_eval("status", "--json", tmp_path / "evals")
+    rows = {row["iteration"]: row for row in json.loads(shown.output)}
+    assert rows[100]["state"] == "FAILED" and rows[100]["reason"].endswith("OSError: [Errno 98] Address already in use")
+    assert rows[200]["state"] == "COMPLETED"
 
 
 @pytest.mark.parametrize("runtime_name", ["pyxis", "apptainer"])
