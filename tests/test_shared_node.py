@@ -138,3 +138,4 @@ def test_pyxis_and_apptainer_scripts_carry_the_port_chosen_in_the_job(tmp_path, 
     encoded = re.search(r'echo "([A-Za-z0-9+/=]+)" \| base64 -d > config_ef.yaml', text).group(1)
     client = yaml.safe_load(base64.b64decode(encoded))["target"]["api_endpoint"]
     assert client["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"  # the client is sent to the same port
+
