@@ -11,9 +11,10 @@ exit 0: ours; exit 1: not ours, with the reason on stdout. The listening socket'
   host, apptainer  the owner is SERVER_PID or one of its descendants
   pyxis            the owner runs in this Slurm job (its SLURM_JOB_ID): `srun --overlap` starts the
                    server under slurmstepd, outside the script's process tree
-  docker           the owner is in the tree, or, when the owner is not visible (docker-proxy runs as
-                   root), `docker port CONTAINER` publishes PORT. A port already taken makes `docker
-                   run -p` fail at once: the server "dies at start" and the script says so.
+  docker           the owner is in the tree, or it is docker's own proxy (or not visible: docker-proxy
+                   runs as root) and `docker port CONTAINER PORT` says this task's container publishes
+                   PORT. A port already taken makes `docker run -p` fail at once: the server "dies
+                   at start" and the script says so.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def slurm_job(pid: int) -> str | None:
     return job.decode() if job else None
 
 
+def command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -114,7 +123,7 @@ def verdict(port: int, server_pid: int, runtime: str, container: str | None = No
     job = os.environ.get("SLURM_JOB_ID")
     if runtime == "pyxis" and job and any(slurm_job(pid) == job for pid in pids):
         return None
-    if runtime == "docker" and not pids and container and publishes(container, port):
+    if runtime == "docker" and container and all(command_name(pid) == "docker-proxy" for pid in pids) and publishes(container, port):
         return None
     if not inodes:
         return f"port {port} answers, but nothing listens on it in this network namespace: not this evaluation's server"

@@ -170,3 +170,29 @@ def test_a_client_failure_still_quotes_the_client_log(tmp_path):
     task_dir = task_dir_with(tmp_path, stage_exit="x 3", client_stdout_log="a\nValueError: bad\n", stdout_log="server ready\n")
     assert server_failure(task_dir) is None
     assert task_outcome(task_dir)["reason"] == f"exit code 3; see {task_dir}/logs/client_stdout.log: a | ValueError: bad"
+
+
+def test_under_docker_the_containers_published_port_behind_docker_proxy_is_ours(tmp_path, monkeypatch):
+    """A real docker daemon's docker-proxy (here: a python named docker-proxy) holds the port;
+    `docker port` (a stand-in on PATH) says whether this task's container publishes it."""
+    proxy = tmp_path / "docker-proxy"
+    proxy.symlink_to(Path(os.path.realpath(sys.executable)))  # comm is the name it was started by
+    ready = tmp_path / "port"
+    holder = subprocess.Popen([str(proxy), str(REPO / "scripts" / "fake_openai.py"), "0"],
+                              env=dict(os.environ, PORT_FILE=str(ready), PYTHONHOME=sys.base_prefix))
+    other = subprocess.Popen(["sleep", "60"])  # `docker run`, the script's server process
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\n[ "$1 $2" = "port server-1" ] && echo "0.0.0.0:$3"\n')
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    try:
+        while not ready.exists() or not ready.read_text().strip():
+            assert holder.poll() is None
+        port = int(ready.read_text())
+        assert listener.command_name(holder.pid) == "docker-proxy"
+        assert listener.verdict(port, other.pid, "docker", "server-1") is None
+        assert "docker-proxy" in listener.verdict(port, other.pid, "docker", "server-2")  # another task's container
+        assert listener.verdict(port, other.pid, "host", "server-1") is not None
+    finally:
+        holder.kill(), other.kill()
