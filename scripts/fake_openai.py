@@ -175,8 +175,8 @@ def main(argv):
     options = dict(zip(args[::2], args[1::2]))
     port = int(options.get("--port", 8000))
     if "--metrics-port" in options:
-        metrics = socket.socket()
-        metrics.bind(("127.0.0.1", int(options["--metrics-port"])))  # kept open while serving
+        metrics_socket = socket.socket()
+        metrics_socket.bind(("127.0.0.1", int(options["--metrics-port"])))
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True  # a request sleeping in DELAY_S does not delay exit
     port = server.server_address[1]
