@@ -316,6 +316,12 @@ def check_launcher_shape(config: EvalConfig) -> None:
                 f"{source}: target.api_endpoint.{present[0]} is set while deployment.type is "
                 f"{launcher['deployment']['type']}; the launcher points the tasks at its own server, so remove it (~target.api_endpoint.{present[0]})"
             )
+        from hpc_eval.ports import PortError, check_port
+
+        try:  # the job moves the server to a port of its own: the command must say where the port goes
+            check_port(launcher)
+        except PortError as error:
+            raise ConfigError(f"{source}: {error}") from None
     else:
         empty = [k for k in ("url", "model_id") if not endpoint.get(k)]
         if empty:

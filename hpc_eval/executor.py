@@ -222,7 +222,8 @@ def preview(launcher: dict[str, Any]) -> str:
             lines.append(f"  task_dir={task['task_dir']}")
             if task["server"]:
                 lines += [f"    server: {task['server']}", f"      SERVER_COMMAND={shlex.quote(task['server_command'])}",
-                          f"      ready when {task['health_url']} answers 200"]
+                          f"      ready when {task['health_url']} answers 200 from this server's own process",
+                          "      (the job moves the server to a port free on its node, in the command and the URL)"]
             results = f"{task['task_dir']}/artifacts" if runtime == "host" else "/results"
             lines += [f"    client: {task['client']}",
                       f"      EVAL_COMMAND=the launcher's: write config_ef.yaml (output_dir {results}), nemo-evaluator run_eval on it"]

@@ -77,8 +77,29 @@ def task_outcome(task_dir: Path) -> dict[str, Any]:
         outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
     else:
         detail = "no artifacts/results.yml" if exit_code == 0 else f"exit code {exit_code}"
-        outcome.update(status="failed", reason=f"{detail}; see {task_dir / 'logs' / 'client_stdout.log'}: {log_tail(task_dir)}")
+        client_log = task_dir / "logs" / "client_stdout.log"
+        reason = server_failure(task_dir) or f"{detail}; see {client_log}: {log_tail(client_log)}"
+        outcome.update(status="failed", reason=reason)
     return outcome
+
+
+# What the launcher's local executor prints (to logs/stdout.log) when its server fails
+LOCAL_SERVER_FAILURES = ("Server process", "Health check timeout")
+
+
+def server_failure(task_dir: Path) -> str | None:
+    """Why the task's model server failed, quoting its log; None when it did not.
+
+    Our driver script writes logs/server.failed; the local executor's says so in stdout.log."""
+    logs = task_dir / "logs"
+    try:
+        said = (logs / "server.failed").read_text().strip()
+    except OSError:
+        said = log_tail(logs / "stdout.log", lines=1)
+        if not said.startswith(LOCAL_SERVER_FAILURES):
+            return None
+        said = f"model server: {said}"
+    return f"{said}; see {logs / 'server_stdout.log'}: {log_tail(logs / 'server_stdout.log')}"
 
 
 def read_stage_exit(task_dir: Path) -> int | None:
@@ -89,12 +110,14 @@ def read_stage_exit(task_dir: Path) -> int | None:
         return None
 
 
-def log_tail(task_dir: Path, lines: int = 3) -> str:
+def log_tail(log: Path, lines: int = 3) -> str:
+    """The last non-empty lines of a log, on one line."""
     try:
-        text = (task_dir / "logs" / "client_stdout.log").read_text(errors="replace")
+        text = log.read_text(errors="replace")
     except OSError:
-        return "(no client log)"
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+        return f"(no {log.name})"
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) if tail else f"({log.name} is empty)"
 
 
 def read_metrics(results_yml: Path) -> dict[str, float]:

@@ -73,13 +73,14 @@ def run(eval_dir: Path) -> dict[str, Any]:
 
     launcher = start_launcher(paths)
     try:
-        cfg = launcher.load_config(paths.launcher_config)
-        invocation = launcher.start(cfg, paths, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
+        cfg, port = launcher.load_config(paths.launcher_config)
+        invocation = launcher.start(cfg, paths, port, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
     except Exception as error:  # the launcher refused the config or could not start its scripts
         reason = f"run_eval failed: {type(error).__name__}: {' '.join(str(error).split())}"
         finish(paths, summary, start, "FAILED", reason=reason, failure="launcher_error")
         raise EvaluationFailed(reason) from error
     summary["invocation_id"] = invocation.id
+    summary["server_port"] = invocation.server_port
     summary["invocation_dir"] = str(invocation.directory) if invocation.directory else None
     if summary["dry_run"]:
         summary["scripts"] = sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
@@ -200,37 +201,50 @@ def start_launcher(paths: EvalPaths) -> "Launcher":
 class Invocation:
     """One launcher invocation in this job: its id, directory, task dirs and script sessions."""
 
-    def __init__(self, invocation_id: str, directory: Path | None, task_dirs: dict[str, Path], sessions: list[int]):
+    def __init__(self, invocation_id: str, directory: Path | None, task_dirs: dict[str, Path], sessions: list[int],
+                 server_port: int | None = None):
         self.id, self.directory, self.task_dirs, self.sessions = invocation_id, directory, task_dirs, sessions
+        self.server_port = server_port
 
 
 class Launcher:
     """The launcher calls the payload makes, in one place."""
 
-    def load_config(self, path: Path):
+    def load_config(self, path: Path) -> tuple[Any, int | None]:
+        """The saved config, its model server moved to a port free on this node: (config, port).
+
+        Evaluations sharing the node would otherwise all use the config's deployment.port."""
+        import yaml
         from nemo_evaluator_launcher.api.types import RunConfig
         from omegaconf import OmegaConf
 
-        return RunConfig(OmegaConf.load(path))
+        from hpc_eval.ports import free_port, serves, with_port
 
-    def start(self, cfg, paths: EvalPaths, *, dry_run: bool, tasks: list[str] | None) -> Invocation:
-        """run_eval, or resume_eval of the invocation an earlier attempt of this job started."""
+        launcher = yaml.safe_load(path.read_text())
+        port = free_port() if serves(launcher) else None
+        return RunConfig(OmegaConf.create(with_port(launcher, port) if port else launcher)), port
+
+    def start(self, cfg, paths: EvalPaths, port: int | None, *, dry_run: bool, tasks: list[str] | None) -> Invocation:
+        """run_eval, or resume_eval of the invocation an earlier attempt of this job started.
+
+        A resumed invocation runs its scripts again, on the server port its first attempt chose."""
         from nemo_evaluator_launcher.api.functional import resume_eval, run_eval
         from nemo_evaluator_launcher.common.execdb import ExecutionDB
 
-        previous = (read_json(paths.payload_state) or {}).get("invocation_id")
+        state = read_json(paths.payload_state) or {}
+        previous = state.get("invocation_id")
         if previous and not dry_run and ExecutionDB().get_jobs(previous):
-            invocation_id = resume_eval(previous)
+            invocation_id, port = resume_eval(previous), state.get("server_port")
         else:
             invocation_id = run_eval(cfg, dry_run=dry_run, tasks=tasks)
-            write_json(paths.payload_state, {"invocation_id": invocation_id})
+            write_json(paths.payload_state, {"invocation_id": invocation_id, "server_port": port})
         sessions = child_sessions()
         jobs = ExecutionDB().get_jobs(invocation_id)
         task_dirs = {job.data["output_dir"].rsplit("/", 1)[-1]: Path(job.data["output_dir"]) for job in jobs.values()}
         directory = find_invocation_dir(cfg.execution.output_dir, invocation_id)
         for secrets in directory.rglob(".secrets.env") if directory else []:
             secrets.chmod(0o600)  # the launcher writes the resolved secrets readable by everyone
-        return Invocation(invocation_id, directory, task_dirs, sessions)
+        return Invocation(invocation_id, directory, task_dirs, sessions, port)
 
     def collect(self, invocation: Invocation) -> dict[str, dict[str, Any]]:
         """Each task's status, exit code and metrics; only trust results.yml when stage.exit is 0."""

@@ -6,6 +6,9 @@ evaluation harness talks HTTP to it exactly as it would to a real server, and al
 the same deterministic answer.
 
 Usage:  python3 scripts/fake_openai.py PORT        (PORT 0 = pick a free port)
+        python3 scripts/fake_openai.py [--port] PORT [--metrics-port PORT2]
+          --metrics-port also binds PORT2 (as a real server's metrics or dashboard port does): when
+          it is taken, the server dies at start with "OSError: [Errno 98] Address already in use"
 Prints one line when it is ready to serve:
     fake_openai listening on http://127.0.0.1:PORT pid=PID
 and exits 0 on SIGTERM or SIGINT.
@@ -30,6 +33,7 @@ Environment:
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -165,7 +169,14 @@ def _stop(signum, _frame):
 
 
 def main(argv):
-    port = int(argv[1]) if len(argv) > 1 else 8000
+    args = argv[1:]
+    if args and not args[0].startswith("--"):
+        args = ["--port", *args]
+    options = dict(zip(args[::2], args[1::2]))
+    port = int(options.get("--port", 8000))
+    if "--metrics-port" in options:
+        metrics_socket = socket.socket()
+        metrics_socket.bind(("127.0.0.1", int(options["--metrics-port"])))
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True  # a request sleeping in DELAY_S does not delay exit
     port = server.server_address[1]

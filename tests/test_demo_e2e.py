@@ -56,8 +56,10 @@ def test_submit_all_checkpoints_as_one_array_on_the_host_runtime(tmp_path, monke
 
 
 def test_generic_deployment_serves_the_checkpoint_on_the_host_runtime(tmp_path, monkeypatch):
-    result, port, requests_log = submit_generic_host(tmp_path, monkeypatch)
+    result, config_port, requests_log = submit_generic_host(tmp_path, monkeypatch)
     (summary,) = finished_summaries(result)
+    port = summary["server_port"]  # the job's own, not the config's
+    assert port != config_port
     (task,) = summary["tasks"].values()
     assert task["status"] == "success" and task["metrics"][METRIC] == 25.0
     assert invocation_runtime(summary) == "host"

@@ -384,7 +384,7 @@ def test_scancel_stops_the_host_runtimes_server_and_client(tmp_path, monkeypatch
     subprocess.run(["scancel", task["slurm_job_id"]], check=True)
     wait_until_gone_from_queue(task["slurm_job_id"])
     time.sleep(2)
-    assert processes_mentioning(task["eval_dir"]) == [] and processes_mentioning(f"fake_openai.py {port}") == []
-    assert not answers(port)
     summary = json.loads((Path(task["eval_dir"]) / "summary.json").read_text())
-    assert summary["state"] == "CANCELLED"
+    assert summary["state"] == "CANCELLED" and summary["server_port"] != port  # the job's own port
+    assert processes_mentioning(task["eval_dir"]) == [] and processes_mentioning(f"fake_openai.py {summary['server_port']}") == []
+    assert not answers(summary["server_port"])
