@@ -51,10 +51,10 @@ def test_task_outcome_success_failure_and_killed(tmp_path):
     failed = tree.task_outcome(task(tmp_path, "math.1", exit_text="t 2\n", results="results_math.yml",
                                     log="a\n\nTraceback\nValueError: boom\n"))
     assert failed["status"] == "failed" and failed["metrics"] == {}  # a results.yml is trusted only after exit 0
-    assert failed["reason"].startswith("exit code 2; see ") and failed["reason"].endswith("client_stdout.log: Traceback | ValueError: boom")  # last 3 lines, blanks dropped
+    assert failed["reason"].startswith("exit code 2; see ") and failed["reason"].endswith("client_stdout.log: a | Traceback | ValueError: boom")  # last 3 non-blank lines
     missing = tree.task_outcome(task(tmp_path, "math.2", exit_text="t 0\n"))
     assert missing["status"] == "failed" and missing["reason"].startswith("no artifacts/results.yml; see ")
-    assert missing["reason"].endswith("(no client log)")
+    assert missing["reason"].endswith("(no client_stdout.log)")
     killed = tree.task_outcome(task(tmp_path, "math.3", results="results_math.yml"))
     assert killed["status"] == "killed" and "without stage.exit" in killed["reason"]
 
