@@ -26,6 +26,7 @@ Environment:
   LOG        file to append every request to, one JSON object per line          [unset]
   DELAY_FILE file whose number, while it exists, replaces DELAY_S per request    [unset]
   PORT_FILE  file to write the bound port to, once listening                    [unset]
+  BIND       the address to listen on (0.0.0.0 in a container on docker's bridge)  [127.0.0.1]
 """
 import json
 import os
@@ -166,7 +167,7 @@ def _stop(signum, _frame):
 
 def main(argv):
     port = int(argv[1]) if len(argv) > 1 else 8000
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((os.environ.get("BIND") or "127.0.0.1", port), Handler)
     server.daemon_threads = True  # a request sleeping in DELAY_S does not delay exit
     port = server.server_address[1]
     signal.signal(signal.SIGTERM, _stop)
