@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fakeckpt import make_run
 from slurm_helpers import CONFIGS, REPO, free_port, hpc_eval, submit_json, wait_for_state, wait_until_gone_from_queue
 
@@ -43,17 +44,28 @@ def task_dir_of(eval_dir: Path) -> Path:
 
 
 def job_gpu_ids(job_id: str) -> str:
-    """The global GPU ids Slurm gave the job (`scontrol -d`: GRES=gpu:1(IDX:1))."""
-    out = subprocess.run(["scontrol", "-d", "show", "job", job_id], capture_output=True, text=True).stdout
-    return re.search(r"gpu(?::\w+)?:\d+\(IDX:([\d,-]+)\)", out).group(1)
+    """The global GPU ids Slurm gives the job (`scontrol -d`: GRES=gpu:1(IDX:1)), read while it
+    runs: a finished job no longer shows them."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        out = subprocess.run(["scontrol", "-d", "show", "job", job_id], capture_output=True, text=True).stdout
+        found = re.search(r"gpu(?::\w+)?:\d+\(IDX:([\d,-]+)\)", out)
+        if found:
+            return found.group(1)
+        assert "JobState=PENDING" in out or "JobState=RUNNING" in out, out
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never showed its GPUs")
 
 
-def submit_generic(tmp_path: Path, monkeypatch, *extra: str) -> tuple[str, Path, int]:
-    """tests/configs/bfcl_generic_docker.yaml on one fake checkpoint, on a free port."""
-    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
+def submit_generic(tmp_path: Path, *extra: str, mounts: dict | None = None) -> tuple[str, Path, int]:
+    """tests/configs/bfcl_generic_docker.yaml on one fake checkpoint, on a free port, with the stub
+    mounted at /stub (and `mounts`: host path -> container path)."""
+    config = yaml.safe_load((CONFIGS / "bfcl_generic_docker.yaml").read_text())
+    config["execution"]["mounts"] = {"deployment": {str(REPO / "scripts"): "/stub", **(mounts or {})}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = submit_json("-c", CONFIGS / "bfcl_generic_docker.yaml", "--checkpoint", run / "iter_0000100",
+    result = submit_json("-c", tmp_path / "config.yaml", "--checkpoint", run / "iter_0000100",
                          "--output-dir", tmp_path / "evals", f"deployment.port={port}", *extra)
     job_id, eval_dir = only_task(result)
     return job_id, eval_dir, port
@@ -114,16 +126,19 @@ def test_no_deployment_evaluation_leaves_no_container(tmp_path, monkeypatch, sta
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_generic_server_container_gets_exactly_the_jobs_gpu(tmp_path, monkeypatch, real_docker):
-    job_id, eval_dir, port = submit_generic(tmp_path, monkeypatch)
+    job_id, eval_dir, port = submit_generic(tmp_path)
+    gpus = job_gpu_ids(job_id)
     assert wait_for_state(job_id) == "COMPLETED", summary_of(eval_dir)
     task_dir = task_dir_of(eval_dir)
     assert read_metrics(task_dir / "artifacts" / "results.yml")[SCORE] == 25.0
     server_log = (task_dir / "logs" / "server_stdout.log").read_text()
-    assert f"NVIDIA_VISIBLE_DEVICES={job_gpu_ids(job_id)}\n" in server_log  # one of 2 GPUs, not all
+    assert gpus in {"0", "1"} and f"NVIDIA_VISIBLE_DEVICES={gpus}\n" in server_log  # one of 2 GPUs, not all
     assert real_docker.containers_using(tmp_path) == {}  # server stopped and removed, client removed
     script = (task_dir / "run.sh").read_text()
-    sources = [shlex.split(spec)[0].split(":")[0] for spec in re.findall(r" -v (\S+)", script)]
-    assert sources and all(s.startswith(("/", '"$artifacts_dir"', "$artifacts_dir")) for s in sources), sources
+    runs = [line for line in script.splitlines() if line.strip().startswith("docker run")]
+    sources = [shlex.split(spec)[0].split(":")[0] for line in runs for spec in re.findall(r" -v (\S+)", line)]
+    assert len(sources) == 3 and all(s.startswith("/") for s in sources[:2]), sources  # checkpoint, /stub
+    assert sources[2] == "$artifacts_dir"  # the client's /results: an absolute path set by the script
 
 
 @pytest.mark.slurm
@@ -131,9 +146,8 @@ def test_generic_server_container_gets_exactly_the_jobs_gpu(tmp_path, monkeypatc
 def test_scancel_removes_server_and_client_containers_within_the_budget(tmp_path, monkeypatch, real_docker):
     logs = tmp_path / "server-log"
     logs.mkdir()
-    job_id, eval_dir, _ = submit_generic(tmp_path, monkeypatch, "+deployment.env_vars.DELAY_S=lit:5",
-                                         "+deployment.env_vars.LOG=lit:/log/requests.jsonl",
-                                         f"+execution.mounts.deployment.{logs}=/log")
+    job_id, eval_dir, _ = submit_generic(tmp_path, "+deployment.env_vars.DELAY_S=lit:5",
+                                         "+deployment.env_vars.LOG=lit:/log/requests.jsonl", mounts={str(logs): "/log"})
     deadline = time.monotonic() + 120
     while not ((logs / "requests.jsonl").exists() and '"POST"' in (logs / "requests.jsonl").read_text()):
         assert time.monotonic() < deadline, "the evaluation never reached the model server"
@@ -154,7 +168,7 @@ def test_scancel_removes_server_and_client_containers_within_the_budget(tmp_path
 def test_server_bound_to_localhost_is_unreachable_and_the_user_is_told(tmp_path, monkeypatch, real_docker):
     """On docker's bridge network, -p PORT:PORT forwards to the container's own address: a server
     on 127.0.0.1 inside it never answers the readiness check."""
-    job_id, eval_dir, port = submit_generic(tmp_path, monkeypatch, "deployment.env_vars.BIND=lit:127.0.0.1",
+    job_id, eval_dir, port = submit_generic(tmp_path, "deployment.env_vars.BIND=lit:127.0.0.1",
                                             "execution.endpoint_readiness_timeout=8")
     assert wait_for_state(job_id, timeout=120) == "FAILED"
     summary = summary_of(eval_dir)
@@ -169,7 +183,7 @@ def test_server_bound_to_localhost_is_unreachable_and_the_user_is_told(tmp_path,
 @pytest.mark.slow
 def test_missing_server_image_fails_at_once_with_its_reason(tmp_path, monkeypatch, real_docker):
     started = time.monotonic()
-    job_id, eval_dir, _ = submit_generic(tmp_path, monkeypatch, "deployment.image=local/no-such-server:1",
+    job_id, eval_dir, _ = submit_generic(tmp_path, "deployment.image=local/no-such-server:1",
                                          "execution.endpoint_readiness_timeout=600")
     assert wait_for_state(job_id, timeout=120) == "FAILED"
     assert time.monotonic() - started < 120  # not the 600 s readiness timeout
