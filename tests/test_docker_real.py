@@ -14,13 +14,14 @@ import pwd
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from fakeckpt import make_run
-from slurm_helpers import CONFIGS, REPO, free_port, hpc_eval, submit_json, wait_for_state, wait_until_gone_from_queue
+from slurm_helpers import CONFIGS, REPO, free_port, submit_json, wait_for_state, wait_until_gone_from_queue
 
 from hpc_eval.payload import CLEANUP_BUDGET_S, kill_containers, read_metrics
 
@@ -155,7 +156,7 @@ def test_scancel_removes_server_and_client_containers_within_the_budget(tmp_path
     assert len(real_docker.containers_using(tmp_path)) == 2  # server and client run
     cancelled = time.monotonic()
     subprocess.run(["scancel", job_id], check=True)
-    while real_docker.containers_using(tmp_path):
+    while real_docker.containers_using(tmp_path):  # before Slurm's KillWait (5 s here) ends the clean-up
         assert time.monotonic() - cancelled < CLEANUP_BUDGET_S + 5, real_docker.containers_using(tmp_path)
         time.sleep(0.2)
     print(f"containers gone {time.monotonic() - cancelled:.1f} s after scancel")
@@ -216,8 +217,11 @@ def test_a_docker_group_user_gets_results_it_can_read_and_delete(tmp_path, start
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "DOCKER_HOST": real_docker.host, "STUB_URL": stub.url,
            "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0", "NEMO_EVALUATOR_EXEC_DB_FILE": str(home / "exec-db.jsonl"),
            "XDG_CACHE_HOME": str(home / "cache")}
-    as_user = ["setpriv", f"--reuid={docker_group_user.pw_uid}", f"--regid={docker_group_user.pw_gid}", "--init-groups", "--"]
-    hpc_eval_bin = str(REPO / ".venv" / "bin" / "hpc-eval")
+    as_user = ["runuser", "-u", UNPRIVILEGED, "--"]  # with its groups (docker), as a Slurm job gets them
+    hpc_eval_bin = str(Path(sys.executable).parent / "hpc-eval")  # the tests' own venv
+    if subprocess.run([*as_user, sys.executable, "-c", "import hpc_eval"], env=env, cwd=home, capture_output=True).returncode:
+        pytest.skip(f"{UNPRIVILEGED} cannot run {sys.executable} (a venv on an interpreter under /root?): "
+                    "make .venv from /usr/bin/python3, as scripts/setup.sh does on CI")
     out = home / "out"
     submitted = subprocess.run([*as_user, hpc_eval_bin, "submit", "-c", str(CONFIGS / "bfcl_stub.yaml"), "--output-dir", str(out),
                                 "execution.type=hpc_eval", "+execution.runtime=docker", "slurm.gpus_per_node=0", "--json"],
