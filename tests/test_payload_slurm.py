@@ -77,14 +77,16 @@ def test_failed_evaluation_fails_the_job_with_its_reason(tmp_path, bfcl_env, mon
     monkeypatch.setenv("NEMO_EVALUATOR_TRUST_UNLISTED_TASKS", "1")  # a `container` override is unlisted
     started = time.monotonic()
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path,
-                         "evaluation.tasks.0.container=local/no-such-image:1")
+                         "+evaluation.tasks.0.container=local/no-such-image:1")
     job_id, eval_dir = only_evaluation(result)
     assert wait_for_state(job_id, timeout=60) == "FAILED"
     assert time.monotonic() - started < 60
     summary = read_summary(eval_dir)
     assert summary["state"] == "FAILED" and summary["failure"] == "task_failed"
     assert "bfcl.bfclv3_ast_prompting.0" in summary["reason"] and "exit code 125" in summary["reason"]
-    assert "Unable to find image 'local/no-such-image:1' locally" in summary["reason"]
+    assert "docker: Error response from daemon" in summary["reason"]  # the pull that cannot reach a registry
+    (log,) = eval_dir.rglob("client_stdout.log")
+    assert "Unable to find image 'local/no-such-image:1' locally" in log.read_text()
     status = json.loads(hpc_eval("status", tmp_path, "--json").output)
     assert [row["state"] for row in status] == ["FAILED"] and "exit code 125" in status[0]["reason"]
 
@@ -131,12 +133,12 @@ def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env, monkeypatch, start_stub):
     delay_file = tmp_path / "stub-delay"
-    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish before the time limit
+    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish in the 60 s before the signal
     monkeypatch.setenv("DELAY_FILE", str(delay_file))
     slow = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", slow.url)
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out",
-                         "slurm.time=1", "slurm.signal_delay_s=30")
+                         "slurm.time=2", "slurm.signal_delay_s=60")  # 60 s per attempt: real containers start slower
     job_id, eval_dir = only_evaluation(result)
     wait_for_file(eval_dir / "summary.json", timeout=150)
     first = read_summary(eval_dir)
