@@ -269,7 +269,8 @@ def kill_containers(names: list[str], budget_s: float) -> None:
     if not names or not shutil.which("docker"):
         return
     # Slurm sends SIGTERM to every process of the step while we clean up: the removals ignore it.
-    kills = [subprocess.Popen(["sh", "-c", 'docker kill "$1"; docker rm "$1"', "kill-then-rm", name],
+    # `kill` returns once the signal is sent: `rm` of a container not yet dead fails, so wait first
+    kills = [subprocess.Popen(["sh", "-c", 'docker kill "$1"; docker wait "$1"; docker rm "$1"', "kill-then-rm", name],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=ignore_sigterm)
              for name in names]
     deadline = time.monotonic() + budget_s

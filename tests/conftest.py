@@ -270,7 +270,7 @@ class RealDocker:
 
 
 def _probe_docker(host: str) -> str:
-    """"" when the daemon answers and holds the test image, else why not."""
+    """Why the daemon cannot serve the tests ("" when it answers and holds the test image)."""
     if shutil.which("docker") is None:
         return "`docker` is not on PATH"
     env = dict(os.environ, DOCKER_HOST=host)
