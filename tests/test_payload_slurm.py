@@ -97,7 +97,7 @@ def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start
     monkeypatch.setenv("STUB_URL", slow.url)
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
     job_id, eval_dir = only_evaluation(result)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # queue wait and a real container start on a busy machine
     while slow.requests() < 1:  # the harness is in its request phase
         assert time.monotonic() < deadline, "the evaluation never reached the model"
         time.sleep(0.3)
