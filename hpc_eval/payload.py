@@ -213,6 +213,10 @@ class Launcher:
 
         previous = (read_json(paths.payload_state) or {}).get("invocation_id")
         if previous and not dry_run and ExecutionDB().get_jobs(previous):
+            # containers outlive an attempt killed before its clean-up (a time-limit signal that came
+            # late): remove them, or the resumed scripts fail on their names
+            earlier = sorted(Path(cfg.execution.output_dir).glob(f"*-{previous}"))
+            kill_containers(container_names(Invocation(previous, earlier[0] if earlier else None, {}, [])), CLEANUP_BUDGET_S)
             invocation_id = resume_eval(previous)
         else:
             invocation_id = run_eval(cfg, dry_run=dry_run, tasks=tasks)

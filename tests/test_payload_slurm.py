@@ -133,12 +133,12 @@ def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env, monkeypatch, start_stub):
     delay_file = tmp_path / "stub-delay"
-    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish before the time limit
+    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish in the 60 s before the signal
     monkeypatch.setenv("DELAY_FILE", str(delay_file))
     slow = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", slow.url)
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out",
-                         "slurm.time=1", "slurm.signal_delay_s=30")
+                         "slurm.time=2", "slurm.signal_delay_s=60")  # ~60 s per attempt: real containers start slowly
     job_id, eval_dir = only_evaluation(result)
     wait_for_file(eval_dir / "summary.json", timeout=150)
     first = read_summary(eval_dir)
