@@ -234,6 +234,10 @@ class Launcher:
         state = read_json(paths.payload_state) or {}
         previous = state.get("invocation_id")
         if previous and not dry_run and ExecutionDB().get_jobs(previous):
+            # containers outlive an attempt killed before its clean-up (a time-limit signal that came
+            # late): remove them, or the resumed scripts fail on their names
+            earlier = Invocation(previous, find_invocation_dir(cfg.execution.output_dir, previous), {}, [])
+            kill_containers(container_names(earlier), CLEANUP_BUDGET_S)
             invocation_id, port = resume_eval(previous), state.get("server_port")
         else:
             invocation_id = run_eval(cfg, dry_run=dry_run, tasks=tasks)
@@ -283,13 +287,17 @@ def container_names(invocation: Invocation) -> list[str]:
 
 
 def kill_containers(names: list[str], budget_s: float) -> None:
-    """`docker rm -f` in parallel: kill now (`docker stop` waits, and nemo-evaluator takes 30 s to
-    stop on TERM) and remove, so that a resumed attempt can reuse the launcher's container names."""
+    """`docker kill` then `docker rm`, each name in parallel: `docker stop` waits 10 s when PID 1
+    ignores TERM (and nemo-evaluator takes 30 s to stop on TERM), and podman's `rm -f` stops first
+    (~10 s); kill then rm takes well under a second on both. Removed, so that a resumed attempt can
+    reuse the launcher's container names."""
     if not names or not shutil.which("docker"):
         return
     # Slurm sends SIGTERM to every process of the step while we clean up: the removals ignore it.
-    kills = [subprocess.Popen(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=ignore_sigterm) for name in names]
+    # `kill` returns once the signal is sent: `rm` of a container not yet dead fails, so wait first
+    kills = [subprocess.Popen(["sh", "-c", 'docker kill "$1"; docker wait "$1"; docker rm "$1"', "kill-then-rm", name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=ignore_sigterm)
+             for name in names]
     deadline = time.monotonic() + budget_s
     for kill in kills:
         try:

@@ -309,12 +309,9 @@ class Bench:
             stub.wait(10)
 
     def payload_wait(self, env: dict, url: str, events: Path) -> None:
-        docker_bin = self.tmp / "docker-bin"
-        docker_bin.mkdir()
-        (docker_bin / "docker").write_text(f'#!/bin/sh\nexec "{PYTHON}" "{REPO / "scripts" / "docker-standin" / "docker"}" "$@"\n')
-        (docker_bin / "docker").chmod(0o755)
-        env = {**env, "STUB_URL": url, "PATH": f"{docker_bin}{os.pathsep}{env['PATH']}", "DOCKER_STANDIN_VENV": str(Path(PYTHON).parent.parent),
-               "DOCKER_STANDIN_STATE": str(self.tmp / "docker-standin"), "DOCKER_STANDIN_LOG": str(self.tmp / "docker-standin.log")}
+        # the private daemon of scripts/start-docker.sh, with the image of scripts/build-test-image.sh
+        docker_host = f"unix://{os.environ.get('HPC_EVAL_DOCKER_DIR', '/var/tmp/hpc-eval-docker')}/docker.sock"
+        env = {**env, "STUB_URL": url, "DOCKER_HOST": docker_host}
         events.unlink(missing_ok=True)
         done = self.run([HPC_EVAL, "submit", "-c", BFCL_STUB, "--output-dir", self.tmp / "payload" / "real", *SMALL_JOB, "--json"], env)[2]
         result = json.loads(done.stdout)

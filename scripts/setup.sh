@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # setup.sh [--fresh]: what hpc-eval's demo and tests need, on a fresh Debian 12 machine, as root.
-#   1. Debian packages: python3-venv, curl (the launcher's health checks), util-linux (unshare,
-#      for the docker stand-in), procps (pkill, used by the launcher's kill);
+#   1. Debian packages: python3-venv, curl (the launcher's health checks), util-linux (runuser,
+#      for the docker test as an unprivileged user), procps (pkill, used by the launcher's kill);
 #   2. .venv with `pip install -e '.[test]'` (again only when pyproject.toml changed);
 #   3. a real single-node Slurm (scripts/start-slurm.sh, which installs its own packages;
 #      --fresh wipes an earlier cluster's state first).
@@ -16,7 +16,7 @@ need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v curl >/dev/null || need+=(curl ca-certificates)
-command -v unshare >/dev/null || need+=(util-linux)
+command -v runuser >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || need+=(mount)
 command -v pkill >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,19 +2,20 @@
 
 The rule for every fixture here: replace only what cannot exist on a development or CI machine,
 and only at a process boundary. Slurm is real (scripts/start-slurm.sh); the model server is a
-stub HTTP server (scripts/fake_openai.py); the docker daemon is a stand-in command on PATH
-(scripts/docker-standin/docker); counters wrap real commands and still run them.
+stub HTTP server (scripts/fake_openai.py); the docker daemon is real but private
+(scripts/start-docker.sh, reached through DOCKER_HOST); counters wrap real commands and still run them.
 
 Sections (others may add their own below, in clearly named fixtures):
   * session set-up          pytest_configure
   * the local Slurm         slurm_cluster (+ the `slurm` marker uses it automatically)
   * the stub model server   start_stub (factory), stub_server
-  * the docker stand-in     docker_standin
+  * the private dockerd     real_docker
   * command counters        count_calls (factory), count_sbatch
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -235,29 +236,78 @@ def stub_server(start_stub) -> StubServer:
     return start_stub()
 
 
-# ------------------------------------------------------------------------- docker stand-in
-@pytest.fixture
-def docker_standin(tmp_path) -> dict[str, str]:
-    """Environment variables that make `docker` the stand-in (scripts/docker-standin/docker).
+# ------------------------------------------------------------------------- the private docker daemon
+DOCKER_DIR = Path(os.environ.get("HPC_EVAL_DOCKER_DIR", "/var/tmp/hpc-eval-docker"))
+TEST_IMAGE = "nvcr.io/nvidia/eval-factory/bfcl:26.03"  # the launcher's catalogue name for bfcl
+START_DOCKER_HINT = (
+    "the private docker daemon is not running or the test image is missing: "
+    "`bash scripts/start-docker.sh && bash scripts/build-test-image.sh` (as root)"
+)
 
-    Put them into os.environ (monkeypatch.setenv) or a subprocess env. "Images" run in this
-    interpreter's environment (DOCKER_STANDIN_VENV=sys.prefix); state and an invocation log
-    go under tmp_path. The `docker` put on PATH is a one-line wrapper that execs the stand-in
-    with the interpreter running the tests, so the stand-in's process is the PID the caller
-    sees, whatever `python3` is first on PATH."""
-    bin_dir = tmp_path / "docker-bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "docker"
-    wrapper.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" "{SCRIPTS / "docker-standin" / "docker"}" "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DOCKER_STANDIN_VENV": sys.prefix,
-        "DOCKER_STANDIN_STATE": str(tmp_path / "docker-standin"),
-        "DOCKER_STANDIN_LOG": str(tmp_path / "docker-standin.log"),
-    }
+
+@dataclass(frozen=True)
+class RealDocker:
+    """The real dockerd of scripts/start-docker.sh, reached through DOCKER_HOST (never the
+    default socket: nothing else on the machine must see it)."""
+
+    host: str
+    image: str
+
+    def docker(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], env=dict(os.environ, DOCKER_HOST=self.host),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def containers_using(self, path: Path) -> dict[str, str]:
+        """Name -> state of every container (running or not) with a bind mount under `path`:
+        other sessions share the daemon, so a test counts only its own containers."""
+        ids = self.docker("ps", "-aq").stdout.split()
+        if not ids:
+            return {}
+        found = {}
+        for info in json.loads(self.docker("inspect", *ids).stdout or "[]"):
+            if any(str(m.get("Source", "")).startswith(str(path)) for m in info.get("Mounts", [])):
+                found[info["Name"].lstrip("/")] = info["State"]["Status"]
+        return found
+
+
+def _probe_docker(host: str) -> str:
+    """Why the daemon cannot serve the tests ("" when it answers and holds the test image)."""
+    if shutil.which("docker") is None:
+        return "`docker` is not on PATH"
+    env = dict(os.environ, DOCKER_HOST=host)
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env,
+                              capture_output=True, text=True, timeout=10)
+        image = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], env=env,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if info.returncode != 0:
+        return f"no daemon at {host}: {(info.stderr or info.stdout).strip()[:200]}"
+    if image.returncode != 0:
+        return f"no image {TEST_IMAGE}"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def _docker_daemon() -> RealDocker:
+    host = f"unix://{DOCKER_DIR / 'docker.sock'}"
+    why = _probe_docker(host)
+    if why:
+        message = f"{START_DOCKER_HINT} ({why})"
+        if os.environ.get("HPC_EVAL_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"HPC_EVAL_REQUIRE_DOCKER=1: {message}", pytrace=False)
+        pytest.skip(message)
+    return RealDocker(host=host, image=TEST_IMAGE)
+
+
+@pytest.fixture
+def real_docker(_docker_daemon, monkeypatch) -> RealDocker:
+    """The real private dockerd for this test: DOCKER_HOST is set in os.environ, so in-process
+    code, the CLI and Slurm jobs (which inherit the environment) all reach it. Skips when it is
+    not running, with how to start it; with HPC_EVAL_REQUIRE_DOCKER=1 (.ci/run) it fails."""
+    monkeypatch.setenv("DOCKER_HOST", _docker_daemon.host)
+    return _docker_daemon
 
 
 # ------------------------------------------------------------------------- command counters

@@ -1,8 +1,8 @@
 """The payload in real Slurm jobs: run_eval, waiting, summary.json, cancel, requeue, vanished checkpoints.
 
-Replaced at the process boundary only: the model (a stub HTTP server on 127.0.0.1) and the
-docker daemon (a `docker` stand-in on PATH). Slurm, submitit, the launcher and the bfcl harness
-are real.
+Replaced at the process boundary only: the model (a stub HTTP server on 127.0.0.1). Slurm,
+submitit, the launcher, the docker daemon (private, scripts/start-docker.sh) with the bfcl image
+built locally, and the bfcl harness are real.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of th
 
 
 @pytest.fixture
-def bfcl_env(monkeypatch, start_stub, docker_standin):
-    """The environment a user's shell would have: the stub's URL, docker (stand-in) on PATH."""
+def bfcl_env(monkeypatch, start_stub, real_docker):
+    """The environment a user's shell would have: the stub's URL, DOCKER_HOST of a real daemon."""
     stub = start_stub(reply=BFCL_REPLY)
-    for name, value in docker_standin.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("STUB_URL", stub.url)
     return stub
 
@@ -75,25 +73,31 @@ def test_real_evaluation_writes_metrics_and_sees_its_gpu(tmp_path, bfcl_env):
 
 @pytest.mark.slow
 def test_failed_evaluation_fails_the_job_with_its_reason(tmp_path, bfcl_env, monkeypatch):
-    monkeypatch.setenv("DOCKER_STANDIN_VENV", str(tmp_path / "no-such-image-venv"))  # the "image" cannot start
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
+    """The image is not on the node and cannot be pulled: one reason, at once, no hang."""
+    monkeypatch.setenv("NEMO_EVALUATOR_TRUST_UNLISTED_TASKS", "1")  # a `container` override is unlisted
+    started = time.monotonic()
+    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path,
+                         "+evaluation.tasks.0.container=local/no-such-image:1")
     job_id, eval_dir = only_evaluation(result)
-    assert wait_for_state(job_id) == "FAILED"
+    assert wait_for_state(job_id, timeout=60) == "FAILED"
+    assert time.monotonic() - started < 60
     summary = read_summary(eval_dir)
     assert summary["state"] == "FAILED" and summary["failure"] == "task_failed"
-    assert "bfcl.bfclv3_ast_prompting.0" in summary["reason"] and "exit code" in summary["reason"]
+    assert "bfcl.bfclv3_ast_prompting.0" in summary["reason"] and "exit code 125" in summary["reason"]
+    assert "docker: Error response from daemon" in summary["reason"]  # the pull that cannot reach a registry
+    (log,) = eval_dir.rglob("client_stdout.log")
+    assert "Unable to find image 'local/no-such-image:1' locally" in log.read_text()
     status = json.loads(hpc_eval("status", tmp_path, "--json").output)
-    assert [row["state"] for row in status] == ["FAILED"] and "exit code" in status[0]["reason"]
+    assert [row["state"] for row in status] == ["FAILED"] and "exit code 125" in status[0]["reason"]
 
 
 @pytest.mark.slow
-def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start_stub):
+def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start_stub, real_docker):
     slow = start_stub(reply=BFCL_REPLY, delay_s=3)
     monkeypatch.setenv("STUB_URL", slow.url)
-    monkeypatch.setenv("DOCKER_STANDIN_DETACHED", "1")  # containers outside the job, as real docker makes them
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path)
     job_id, eval_dir = only_evaluation(result)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # queue wait and a real container start on a busy machine
     while slow.requests() < 1:  # the harness is in its request phase
         assert time.monotonic() < deadline, "the evaluation never reached the model"
         time.sleep(0.3)
@@ -107,7 +111,8 @@ def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start
     assert slow.requests() == seen, "something kept evaluating after the job was cancelled"
     summary = read_summary(eval_dir)
     assert summary["state"] == "CANCELLED"
-    assert summary["cleanup"]["containers_killed"], "the detached containers were not killed"
+    assert summary["cleanup"]["containers_killed"], "the containers (outside the job) were not killed"
+    assert real_docker.containers_using(tmp_path) == {}  # killed and removed: names free for a resume
 
 
 @pytest.mark.slow
@@ -128,12 +133,12 @@ def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env, monkeypatch, start_stub):
     delay_file = tmp_path / "stub-delay"
-    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish before the time limit
+    delay_file.write_text("20")  # 4 samples at 20 s each cannot finish in the 60 s before the signal
     monkeypatch.setenv("DELAY_FILE", str(delay_file))
     slow = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", slow.url)
     result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out",
-                         "slurm.time=1", "slurm.signal_delay_s=30")
+                         "slurm.time=2", "slurm.signal_delay_s=60")  # ~60 s per attempt: real containers start slowly
     job_id, eval_dir = only_evaluation(result)
     wait_for_file(eval_dir / "summary.json", timeout=150)
     first = read_summary(eval_dir)

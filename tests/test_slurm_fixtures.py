@@ -136,49 +136,6 @@ def test_stub_server_delay_and_clean_stop(start_stub):
     assert stub.proc.returncode == 0
 
 
-def test_docker_standin_runs_a_container_with_volumes(tmp_path, docker_standin):
-    if os.geteuid() != 0:
-        pytest.skip("the docker stand-in's bind mounts need root (unshare -m)")
-    results = tmp_path / "artifacts"
-    results.mkdir()
-    env = dict(os.environ, **docker_standin, FROM_HOST="yes")
-    script = 'echo "$FROM_HOST $SET" > /results/out.txt; python -c "import sys; print(sys.prefix)"; exit 3'
-    run = subprocess.run(
-        [
-            "docker",
-            "run",
-            "--shm-size=100g",
-            "--network",
-            "host",
-            "--name",
-            "client-1",
-            "--volume",
-            f"{results}:/results",
-            "-e",
-            "FROM_HOST",
-            "-e",
-            "SET=1",
-            "nvcr.io/nvidia/eval-factory/simple-evals:26.03",
-            "bash",
-            "-c",
-            script,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 3, run.stderr
-    assert run.stdout.strip() == sys.prefix
-    assert (results / "out.txt").read_text() == "yes 1\n"
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    subprocess.run(["docker", "cp", "client-1:/results/.", f"{copy}/"], env=env, check=True)
-    assert (copy / "out.txt").exists()
-    subprocess.run(["docker", "rm", "client-1"], env=env, check=True, capture_output=True)
-    assert not (Path(docker_standin["DOCKER_STANDIN_STATE"]) / "client-1").exists()
-
-
 @pytest.mark.parametrize("require", ["", "1"])
 def test_slurm_marker_skips_without_slurm_but_fails_in_ci(tmp_path, require):
     """Run one slurm-marked test in a child pytest that cannot find Slurm (empty PATH)."""

@@ -207,15 +207,13 @@ def test_a_changed_eval_config_submits_again(tmp_path, count_sbatch):
 
 
 @pytest.fixture
-def slow_real_eval(monkeypatch, start_stub, docker_standin, count_calls):
+def slow_real_eval(monkeypatch, start_stub, real_docker, count_calls):
     """(config args, sbatch counter) for a real bfcl evaluation that outlives a one-minute time
-    limit (add slurm.time): a stub model answering each of the 4 samples after 30 s, docker
-    (stand-in) on PATH."""
+    limit (add slurm.time): a stub model answering each of the 4 samples after 30 s, the real
+    private docker daemon."""
     stub = start_stub(reply=BFCL_REPLY, delay_s=30)
-    for name, value in docker_standin.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("STUB_URL", stub.url)
-    sbatch = count_calls("sbatch")  # after PATH got the docker stand-in
+    sbatch = count_calls("sbatch")
     return ["-c", str(CONFIGS / "bfcl_stub.yaml"), "slurm.cpus_per_task=1", "slurm.gpus_per_node=0",
             "slurm.max_requeues=0"], sbatch
 
