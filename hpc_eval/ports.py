@@ -7,7 +7,8 @@ starts and puts it into the config it hands to the launcher (`with_port`). The s
 the resolved server command, where `${deployment.port}` is already a number: the port is found
 there as a port argument (`--port N`, `--port=N`, `:N`, `..._PORT=N`), or, when there is none, as
 the one word of the command that is the number (`serve.py ${deployment.port}`). `check_port` makes
-sure at submit time that exactly one such place exists.
+sure at submit time that exactly one such place exists. A NIM takes its port from the environment
+(`NIM_SERVER_PORT`, its documented setting), not from its command.
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ def port_arguments(command: str, port: int) -> list[re.Match]:
     return flagged or list(re.finditer(rf"(?P<flag>){WORD_BEFORE}{port}{WORD_AFTER}", command))
 
 
+def takes_port_from_env(launcher: dict[str, Any]) -> bool:
+    return (launcher.get("deployment") or {}).get("type") == "nim"
+
+
 def check_port(launcher: dict[str, Any]) -> None:
     """Raise PortError unless the server command carries deployment.port exactly once as a port argument."""
-    if not serves(launcher):
+    if not serves(launcher) or takes_port_from_env(launcher):
         return
     deployment = launcher["deployment"]
     port, command = deployment.get("port"), str(deployment.get("command") or "")
@@ -57,6 +62,10 @@ def with_port(launcher: dict[str, Any], port: int) -> dict[str, Any]:
     check_port(launcher)
     changed = copy.deepcopy(launcher)
     deployment = changed["deployment"]
+    if takes_port_from_env(launcher):
+        deployment["env_vars"] = {**(deployment.get("env_vars") or {}), "NIM_SERVER_PORT": f"lit:{port}"}
+        deployment["port"] = port
+        return changed
     (match,) = port_arguments(str(deployment["command"]), deployment["port"])
     command = str(deployment["command"])
     deployment["command"] = f"{command[:match.start()]}{match['flag']}{port}{command[match.end():]}"

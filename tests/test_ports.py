@@ -196,3 +196,13 @@ def test_under_docker_the_containers_published_port_behind_docker_proxy_is_ours(
         assert listener.verdict(port, other.pid, "host", "server-1") is not None
     finally:
         holder.kill(), other.kill()
+
+
+def test_a_nim_gets_its_port_through_nim_server_port():
+    """A NIM's command carries no port: it reads NIM_SERVER_PORT, so that is where the port goes."""
+    launcher = {"deployment": {"type": "nim", "port": 8000, "command": "/opt/nim/start_server.sh", "env_vars": {"A": "host:A"}}}
+    check_port(launcher)  # no port argument needed
+    moved = with_port(launcher, 40123)
+    assert moved["deployment"]["port"] == 40123 and moved["deployment"]["command"] == "/opt/nim/start_server.sh"
+    assert moved["deployment"]["env_vars"] == {"A": "host:A", "NIM_SERVER_PORT": "lit:40123"}
+    assert launcher["deployment"]["port"] == 8000  # the saved config is left alone
