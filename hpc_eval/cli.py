@@ -142,12 +142,9 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
 
 
 def follow_up_commands(result, output_dir) -> dict[str, str]:
-    """What to run next after a submission (empty when nothing was submitted)."""
-    if not result.jobs:
-        return {}
-    return {"status_command": f"hpc-eval status {output_dir}",
-            "logs_command": f"hpc-eval logs {result.jobs[0].evaluations[0].paths.root}",
-            "results_command": f"hpc-eval results {output_dir}"}
+    from hpc_eval.submit import follow_up_commands as shell_commands  # each argument shell-quoted
+
+    return shell_commands(result, output_dir)
 
 
 def print_submit_result(result, output_dir) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,11 @@ TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
 # Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
 # submit again from inside the job.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
+# Limits on a config file, checked before it is built: a launcher config is a few kB, 10 levels deep.
+MAX_YAML_BYTES = 10 * 2**20
+MAX_YAML_DEPTH = 100
+MAX_YAML_VALUES = 100_000
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -56,10 +63,10 @@ class EvalConfig:
     def config_hash(self) -> str:
         """A short hash of what changes a score: tasks, params, target, deployment; not paths."""
         scored = {k: v for k, v in self.launcher.items() if k not in ("execution", "user_config_path")}
-        text = json.dumps({"config": scored, "task_filters": self.task_filters, "dry_run": self.dry_run}, sort_keys=True)
-        if self.checkpoint_path:
-            text = text.replace(self.checkpoint_path, "<checkpoint>")
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        data = {"config": scored, "task_filters": self.task_filters, "dry_run": self.dry_run}
+        if self.checkpoint_path:  # in the values, not in JSON text, where non-ASCII and quotes are escaped
+            data = replace_text(data, self.checkpoint_path, "<checkpoint>")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def for_checkpoint(self, checkpoint: Path) -> "EvalConfig":
         """The same config resolved again with another checkpoint (its interpolations follow it).
@@ -83,14 +90,25 @@ class EvalConfig:
         old = self.checkpoint_path
 
         def swap(value: Any) -> Any:
-            if isinstance(value, str):
-                return value.replace(old, path)
-            if isinstance(value, dict):
-                return {key: swap(item) for key, item in value.items()}
-            return [swap(item) for item in value] if isinstance(value, list) else value
+            return replace_text(value, old, path)
 
         return EvalConfig(self.source, swap(self.launcher), Path(swap(str(self.output_dir))), self.dry_run,
                           swap(self.task_filters), SlurmSettings(**swap(self.slurm.as_dict())), self.unresolved, self.path_is_text)
+
+
+def replace_text(value: Any, old: str, new: str) -> Any:
+    """`value` (strings, and dicts and lists of them) with `old` replaced by `new` in every string."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {key: replace_text(item, old, new) for key, item in value.items()}
+    return [replace_text(item, old, new) for item in value] if isinstance(value, list) else value
+
+
+def refuse_line_breaks(value: str, what: str) -> None:
+    """A newline or NUL in a path or name would split the shell lines and records it reaches."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ConfigError(f"{what} {value!r} contains a line break or NUL; paths, run names and task names must be one line: rename it")
 
 
 def builtin_names() -> list[str]:
@@ -113,11 +131,14 @@ def find_config(name_or_path: str) -> Path:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The YAML file's top-level mapping, or a ConfigError that names the file and the line."""
     raw = path.read_bytes()
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes, over the {MAX_YAML_BYTES} a config may have; is this the right file?")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the file as UTF-8") from None
     try:
+        check_yaml_shape(text, path)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -128,6 +149,32 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (execution:, deployment:, evaluation:, ...), not {type(data).__name__}")
     return data
+
+
+def check_yaml_shape(text: str, path: Path) -> None:
+    """Refuse, from the event stream and before anything is built, YAML nested deeper than
+    MAX_YAML_DEPTH (Python would hit its recursion limit) or whose aliases expand to more than
+    MAX_YAML_VALUES values (an alias bomb: OmegaConf copies every expansion)."""
+    expanded, stack, anchors = 0, [], {}
+    for event in yaml.parse(text, Loader=SAFE_LOADER):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append((event.anchor, expanded))
+            expanded += 1
+            if len(stack) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{path}:{event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; flatten the config")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, start = stack.pop()
+            if anchor:
+                anchors[anchor] = expanded - start
+        elif isinstance(event, yaml.ScalarEvent):
+            expanded += 1
+            if event.anchor:
+                anchors[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            expanded += anchors.get(event.anchor, 1)
+        if expanded > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}:{event.start_mark.line + 1}: the YAML (its aliases expanded) holds over {MAX_YAML_VALUES} values; "
+                              f"write the values out or use fewer aliases")
 
 
 def compose(path: Path, data: dict[str, Any]) -> DictConfig:
@@ -259,16 +306,42 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
+        unset = unset_env_vars(cfg)
+        if unset:
+            raise ConfigError("\nError: ".join(f"{source}: environment variable {name} is not set ({key} reads it); export {name}=..."
+                                               for name, key in unset)) from None
         key = getattr(error, "full_key", "") or "?"
-        raise ConfigError(f"{source}: cannot resolve '{key}': {error.msg if hasattr(error, 'msg') else error}") from None
+        raise ConfigError(f"{source}: cannot resolve '{key}': {one_line(getattr(error, 'msg', error))}") from None
     tool = {key: resolved.pop(key) for key in TOOL_KEYS if key in resolved}
     task_filters = list(tasks) or tool.get("task_filters") or None
     if task_filters is not None and not isinstance(task_filters, list):
         raise ConfigError(f"{source}: task_filters must be a list such as [name, name.0], not {task_filters!r}")
     output_dir = Path(tool.get("output_dir") or "./results").expanduser().absolute()
+    refuse_line_breaks(str(output_dir), "output_dir")
+    for value, what in [(str((resolved.get("deployment") or {}).get("checkpoint_path") or ""), "deployment.checkpoint_path"),
+                        *((str(name), "task filter") for name in task_filters or []),
+                        *((str(task.get("name")), "evaluation task name") for task in (resolved.get("evaluation") or {}).get("tasks") or []
+                          if isinstance(task, dict))]:
+        refuse_line_breaks(value, what)
     config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
     check_launcher_shape(config)
     return config
+
+
+ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z_]\w*)\}")  # with no default after a comma
+
+
+def unset_env_vars(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(variable, dotted key) of every `${oc.env:NAME}` whose variable is not set, in file order."""
+    found = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        child, dotted = node._get_node(key), f"{prefix}{key}"
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_interpolation():
+            found += unset_env_vars(child, dotted + ".")
+        elif isinstance(child._value(), str):
+            found += [(name, dotted) for name in ENV_INTERPOLATION.findall(child._value()) if name not in os.environ]
+    return found
 
 
 def check_launcher_shape(config: EvalConfig) -> None:

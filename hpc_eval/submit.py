@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import __version__, identity
-from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.config import EvalConfig, refuse_line_breaks, save_launcher_config
 from hpc_eval.errors import CheckpointError, ConfigError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)
@@ -277,6 +278,10 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
         ConfigError: the deployment serves a checkpoint and none was given.
         SlurmUnavailable, SubmitError: as `submit`.
     """
+    if run is not None:
+        refuse_line_breaks(run, "--run")
+    for checkpoint, _ in choice.valid:
+        refuse_line_breaks(str(checkpoint), "checkpoint path")
     if config.serves_checkpoint and not choice.valid and not config.checkpoint_path:
         raise ConfigError(f"{config.source}: deployment.type {config.launcher['deployment']['type']} serves /checkpoint: give --checkpoint PATH (an iter_* directory, or a run directory with --all/--latest)")
     evaluations = plan(config, choice.valid, run=run, force=force)
@@ -296,6 +301,19 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
     if ready:
         result.jobs = submit(ready, settings, array_folder_root=config.output_dir / ".arrays")
     return result
+
+
+def follow_up_commands(result: SubmitResult, output_dir: Path) -> dict[str, str]:
+    """What to run next after a submission, each a shell command line (empty when nothing was submitted)."""
+    if not result.jobs:
+        return {}
+
+    def command(*args: Any) -> str:
+        return shlex.join(["hpc-eval", *(str(arg) for arg in args)])
+
+    return {"status_command": command("status", output_dir),
+            "logs_command": command("logs", result.jobs[0].evaluations[0].paths.root),
+            "results_command": command("results", output_dir)}
 
 
 def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None = None) -> list[SubmittedJob]:
