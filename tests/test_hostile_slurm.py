@@ -55,7 +55,7 @@ def test_checkpoint_spelled_with_escapes_is_evaluated_once(tmp_path, monkeypatch
     job_id, eval_dir = only_evaluation(submit_json(*config, "--checkpoint", run / "iter_0000100", "--output-dir", out))
     watched = hpc_eval("watch", run, *config, "--output-dir", out, "--quiet-seconds", 0)
     assert watched.exit_code == 0, watched.output
-    assert "submitted" not in watched.output.replace("0 submitted", ""), watched.output
+    assert "pass: 0 submitted," in watched.output, watched.output  # the same config hash: already submitted
     assert wait_for_state(job_id) == "COMPLETED"
     assert [path.parent for path in out.rglob("request.json")] == [eval_dir]
     assert read_summary(eval_dir)["state"] == "COMPLETED"
@@ -74,7 +74,7 @@ def test_hostile_output_dir_and_checkpoint_evaluate_with_no_injection(tmp_path, 
     summary = read_summary(eval_dir)
     assert summary["state"] == "COMPLETED"
     (task,) = summary["tasks"].values()
-    assert task["metrics"]["bfcl.bfclv3_ast_prompting.python_simple_ast_non_live"] == 25.0 or 25.0 in task["metrics"].values(), task
+    assert task["status"] == "success" and task["metrics"]["bfcl/python_simple_ast_non_live"] == 25.0, task
     canaries = [path for path in tmp_path.rglob("CANARY")] + [path for path in (Path("/tmp"), Path.home()) if (path / "CANARY").exists()]
     assert not canaries, canaries
     assert not list(Path("/tmp").glob(f"hpc-eval-{os.getuid()}-{summary['invocation_id']}-*")), "safe aliases left behind"
