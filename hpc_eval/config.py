@@ -10,8 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
+from hpc_eval.config_checks import MAX_YAML_BYTES, check_yaml_shape, refuse_line_breaks, unset_env_vars
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
 from hpc_eval.resources import BUILTIN_CONFIGS, RUNTIME_CHOICES
@@ -30,11 +29,6 @@ TOOL_KEYS = ("dry_run", "output_dir", "task_filters", "run", "slurm")
 # Executors that run the evaluation on the node the payload runs on. `slurm` and `lepton` would
 # submit again from inside the job.
 IN_JOB_EXECUTORS = ("local", "hpc_eval")
-# Limits on a config file, checked before it is built: a launcher config is a few kB, 10 levels deep.
-MAX_YAML_BYTES = 10 * 2**20
-MAX_YAML_DEPTH = 100
-MAX_YAML_VALUES = 100_000
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -105,12 +99,6 @@ def replace_text(value: Any, old: str, new: str) -> Any:
     return [replace_text(item, old, new) for item in value] if isinstance(value, list) else value
 
 
-def refuse_line_breaks(value: str, what: str) -> None:
-    """A newline or NUL in a path or name would split the shell lines and records it reaches."""
-    if "\n" in value or "\r" in value or "\0" in value:
-        raise ConfigError(f"{what} {value!r} contains a line break or NUL; paths, run names and task names must be one line: rename it")
-
-
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
 
@@ -149,32 +137,6 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (execution:, deployment:, evaluation:, ...), not {type(data).__name__}")
     return data
-
-
-def check_yaml_shape(text: str, path: Path) -> None:
-    """Refuse, from the event stream and before anything is built, YAML nested deeper than
-    MAX_YAML_DEPTH (Python would hit its recursion limit) or whose aliases expand to more than
-    MAX_YAML_VALUES values (an alias bomb: OmegaConf copies every expansion)."""
-    expanded, stack, anchors = 0, [], {}
-    for event in yaml.parse(text, Loader=SAFE_LOADER):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            stack.append((event.anchor, expanded))
-            expanded += 1
-            if len(stack) > MAX_YAML_DEPTH:
-                raise ConfigError(f"{path}:{event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; flatten the config")
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            anchor, start = stack.pop()
-            if anchor:
-                anchors[anchor] = expanded - start
-        elif isinstance(event, yaml.ScalarEvent):
-            expanded += 1
-            if event.anchor:
-                anchors[event.anchor] = 1
-        elif isinstance(event, yaml.AliasEvent):
-            expanded += anchors.get(event.anchor, 1)
-        if expanded > MAX_YAML_VALUES:
-            raise ConfigError(f"{path}:{event.start_mark.line + 1}: the YAML (its aliases expanded) holds over {MAX_YAML_VALUES} values; "
-                              f"write the values out or use fewer aliases")
 
 
 def compose(path: Path, data: dict[str, Any]) -> DictConfig:
@@ -326,22 +288,6 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
     check_launcher_shape(config)
     return config
-
-
-ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z_]\w*)\}")  # with no default after a comma
-
-
-def unset_env_vars(node: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(variable, dotted key) of every `${oc.env:NAME}` whose variable is not set, in file order."""
-    found = []
-    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, _ in items:
-        child, dotted = node._get_node(key), f"{prefix}{key}"
-        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_interpolation():
-            found += unset_env_vars(child, dotted + ".")
-        elif isinstance(child._value(), str):
-            found += [(name, dotted) for name in ENV_INTERPOLATION.findall(child._value()) if name not in os.environ]
-    return found
 
 
 def check_launcher_shape(config: EvalConfig) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import __version__, identity
-from hpc_eval.config import EvalConfig, refuse_line_breaks, save_launcher_config
+from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.errors import CheckpointError, ConfigError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)

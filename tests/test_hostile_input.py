@@ -12,10 +12,6 @@ from pathlib import Path
 import pytest
 from slurm_helpers import CONFIGS, hpc_eval
 
-from hpc_eval.executor_scripts import safe_alias
-from hpc_eval.submit import SubmitResult, SubmittedJob, follow_up_commands, PlannedEvaluation
-from hpc_eval.store import EvalPaths
-
 HOSTILE = "a b'c\"$(touch CANARY)é\\d"  # a space, quotes, a command substitution, non-ASCII, a backslash
 
 
@@ -103,6 +99,9 @@ def test_line_breaks_are_refused_before_anything_is_claimed(tmp_path, monkeypatc
 
 
 def test_follow_up_commands_are_shell_quoted(tmp_path):
+    from hpc_eval.store import EvalPaths
+    from hpc_eval.submit import PlannedEvaluation, SubmitResult, SubmittedJob, follow_up_commands
+
     output_dir = tmp_path / HOSTILE
     evaluation = PlannedEvaluation(EvalPaths(output_dir / "run" / "ckpt"), "run", None, None)
     result = SubmitResult([evaluation], [], [SubmittedJob("1", ["1"], tmp_path, [evaluation])], dry_run=False)
@@ -117,6 +116,8 @@ def test_follow_up_commands_are_shell_quoted(tmp_path):
 
 
 def test_safe_alias_only_for_paths_a_shell_would_misread():
+    from hpc_eval.executor_scripts import safe_alias
+
     assert safe_alias("/scratch/run-1/iter_0000100", "abc") == "/scratch/run-1/iter_0000100"
     alias = safe_alias(f"/scratch/{HOSTILE}", "abc")
     assert alias.startswith("/tmp/hpc-eval-") and "abc" in alias and shlex.quote(alias) == alias
