@@ -122,3 +122,26 @@ def test_safe_alias_only_for_paths_a_shell_would_misread():
     alias = safe_alias(f"/scratch/{HOSTILE}", "abc")
     assert alias.startswith("/tmp/hpc-eval-") and "abc" in alias and shlex.quote(alias) == alias
     assert safe_alias(f"/scratch/{HOSTILE}", "abc") == alias  # the same on every attempt
+
+
+@pytest.mark.parametrize("runtime", ["docker", "pyxis", "apptainer", "host"])
+def test_every_runtime_passes_a_hostile_checkpoint_path_as_one_word(tmp_path, runtime):
+    from hpc_eval.executor_scripts import safe_alias, task_commands
+
+    checkpoint = tmp_path / HOSTILE / "iter_0000100"
+    checkpoint.mkdir(parents=True)
+    launcher = {
+        "execution": {"type": "hpc_eval", "output_dir": str(tmp_path / HOSTILE / "out"), "mode": "sequential"},
+        "deployment": {"type": "generic", "image": "nvcr.io/nvidia/nemo:25.11", "port": 8000, "served_model_name": "m",
+                       "checkpoint_path": str(checkpoint), "command": "python serve.py --checkpoint /checkpoint --port 8000",
+                       "endpoints": {"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/v1/health"}},
+        "target": {"api_endpoint": {}},
+        "evaluation": {"tasks": [{"name": "bfcl.bfclv3_ast_prompting"}]},
+    }
+    (task,) = task_commands(launcher, runtime)
+    if runtime == "host":  # no container: the command reads the checkpoint through a safe alias
+        (served,) = [word for word in shlex.split(task["server_command"]) if word.startswith("/tmp/hpc-eval-")]
+        assert served.endswith(safe_alias(str(checkpoint), "x")[-17:]) and HOSTILE not in task["server_command"]
+        return
+    words = shlex.split(task["server"])
+    assert any(str(checkpoint) in word and word.endswith("/checkpoint:ro") for word in words), words
