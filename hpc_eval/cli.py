@@ -380,10 +380,13 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     """
     from hpc_eval import config as config_lib
     from hpc_eval import watch as watch_lib
+    from hpc_eval.config_checks import refuse_line_breaks
     from hpc_eval.slurm import slurm_settings
     from hpc_eval.errors import UsageError
 
     run_dirs, overrides = split_dirs_and_overrides(arguments)
+    for path in run_dirs:
+        refuse_line_breaks(path, "run directory")
     missing = [path for path in run_dirs if not Path(path).is_dir()]
     if missing or not run_dirs:
         raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")

@@ -145,3 +145,16 @@ def test_every_runtime_passes_a_hostile_checkpoint_path_as_one_word(tmp_path, ru
         return
     words = shlex.split(task["server"])
     assert any(str(checkpoint) in word and word.endswith("/checkpoint:ro") for word in words), words
+
+
+def test_watch_refuses_a_run_directory_with_a_line_break(tmp_path, monkeypatch):
+    from fakeckpt import make_run
+
+    monkeypatch.setenv("STUB_URL", "http://127.0.0.1:9")
+    good = make_run(tmp_path / "good" / "checkpoints", [100])
+    bad = make_run(tmp_path / "bad\nrun" / "checkpoints", [100])
+    result = hpc_eval("watch", good, bad, "-c", CONFIGS / "bfcl_host.yaml", "--output-dir", tmp_path / "evals", "--quiet-seconds", 0)
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("Error: run directory") and "contains a line break or NUL" in line
+    assert not (tmp_path / "evals").exists()
