@@ -144,12 +144,9 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
 
 
 def follow_up_commands(result, output_dir) -> dict[str, str]:
-    """What to run next after a submission (empty when nothing was submitted)."""
-    if not result.jobs:
-        return {}
-    return {"status_command": f"hpc-eval status {output_dir}",
-            "logs_command": f"hpc-eval logs {result.jobs[0].evaluations[0].paths.root}",
-            "results_command": f"hpc-eval results {output_dir}"}
+    from hpc_eval.submit import follow_up_commands as shell_commands  # each argument shell-quoted
+
+    return shell_commands(result, output_dir)
 
 
 def print_submit_result(result, output_dir) -> None:
@@ -385,10 +382,13 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     """
     from hpc_eval import config as config_lib
     from hpc_eval import watch as watch_lib
+    from hpc_eval.config_checks import refuse_line_breaks
     from hpc_eval.slurm import slurm_settings
     from hpc_eval.errors import UsageError
 
     run_dirs, overrides = split_dirs_and_overrides(arguments)
+    for path in run_dirs:
+        refuse_line_breaks(path, "run directory")
     missing = [path for path in run_dirs if not Path(path).is_dir()]
     if missing or not run_dirs:
         raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")

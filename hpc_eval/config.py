@@ -20,6 +20,7 @@ from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval import deployments, launcher_executors
+from hpc_eval.config_checks import MAX_YAML_BYTES, check_yaml_shape, refuse_line_breaks, unset_env_vars
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
 from hpc_eval.resources import BUILTIN_CONFIGS, RUNTIME_CHOICES
@@ -58,10 +59,10 @@ class EvalConfig:
     def config_hash(self) -> str:
         """A short hash of what changes a score: tasks, params, target, deployment; not paths."""
         scored = {k: v for k, v in self.launcher.items() if k not in ("execution", "user_config_path")}
-        text = json.dumps({"config": scored, "task_filters": self.task_filters, "dry_run": self.dry_run}, sort_keys=True)
-        if self.checkpoint_path:
-            text = text.replace(self.checkpoint_path, "<checkpoint>")
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        data = {"config": scored, "task_filters": self.task_filters, "dry_run": self.dry_run}
+        if self.checkpoint_path:  # in the values, not in JSON text, where non-ASCII and quotes are escaped
+            data = replace_text(data, self.checkpoint_path, "<checkpoint>")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def for_checkpoint(self, checkpoint: Path) -> "EvalConfig":
         """The same config resolved again with another checkpoint (its interpolations follow it).
@@ -85,14 +86,19 @@ class EvalConfig:
         old = self.checkpoint_path
 
         def swap(value: Any) -> Any:
-            if isinstance(value, str):
-                return value.replace(old, path)
-            if isinstance(value, dict):
-                return {key: swap(item) for key, item in value.items()}
-            return [swap(item) for item in value] if isinstance(value, list) else value
+            return replace_text(value, old, path)
 
         return EvalConfig(self.source, swap(self.launcher), Path(swap(str(self.output_dir))), self.dry_run,
                           swap(self.task_filters), SlurmSettings(**swap(self.slurm.as_dict())), self.unresolved, self.path_is_text)
+
+
+def replace_text(value: Any, old: str, new: str) -> Any:
+    """`value` (strings, and dicts and lists of them) with `old` replaced by `new` in every string."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {key: replace_text(item, old, new) for key, item in value.items()}
+    return [replace_text(item, old, new) for item in value] if isinstance(value, list) else value
 
 
 def builtin_names() -> list[str]:
@@ -115,11 +121,14 @@ def find_config(name_or_path: str) -> Path:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The YAML file's top-level mapping, or a ConfigError that names the file and the line."""
     raw = path.read_bytes()
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes, over the {MAX_YAML_BYTES} a config may have; is this the right file?")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the file as UTF-8") from None
     try:
+        check_yaml_shape(text, path)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -273,8 +282,12 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
+        unset = unset_env_vars(cfg)
+        if unset:
+            raise ConfigError("\nError: ".join(f"{source}: environment variable {name} is not set ({key} reads it); export {name}=..."
+                                               for name, key in unset)) from None
         key = getattr(error, "full_key", "") or "?"
-        raise ConfigError(f"{source}: cannot resolve '{key}': {error.msg if hasattr(error, 'msg') else error}") from None
+        raise ConfigError(f"{source}: cannot resolve '{key}': {one_line(getattr(error, 'msg', error))}") from None
     tool = {key: resolved.pop(key) for key in TOOL_KEYS if key in resolved}
     task_filters = list(tasks) or tool.get("task_filters") or None
     if task_filters is not None and not isinstance(task_filters, list):
@@ -282,8 +295,14 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     execution = resolved.get("execution") if isinstance(resolved.get("execution"), dict) else {}
     # the config's own execution.output_dir is the root when it has no output_dir of ours
     output_dir = Path(tool.get("output_dir") or execution.get("output_dir") or "./results").expanduser().absolute()
+    refuse_line_breaks(str(output_dir), "output_dir")
     if execution:
         execution["output_dir"] = str(output_dir)  # what `config show` prints is what will be used
+    for value, what in [(str((resolved.get("deployment") or {}).get("checkpoint_path") or ""), "deployment.checkpoint_path"),
+                        *((str(name), "task filter") for name in task_filters or []),
+                        *((str(task.get("name")), "evaluation task name") for task in (resolved.get("evaluation") or {}).get("tasks") or []
+                          if isinstance(task, dict))]:
+        refuse_line_breaks(value, what)
     config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
     launcher_executors.check_single_node(config.slurm, source)
     check_launcher_shape(config)

@@ -9,6 +9,9 @@ line that starts the server and the client in the chosen runtime (templates/runt
 from __future__ import annotations
 
 import functools
+import glob
+import hashlib
+import os
 import re
 import shlex
 import sys
@@ -21,6 +24,8 @@ from omegaconf import OmegaConf
 from hpc_eval.resources import RUNTIME_CHOICES, TEMPLATES
 
 ARTIFACTS = "$artifacts_dir"  # the task's artifacts dir as the driver script names it
+SHELL_SAFE = re.compile(r"[\w./+,:@%=-]+", re.ASCII)  # a path any shell reads as itself
+LINK_DIR = "/tmp"  # on every node; where a path with shell metacharacters gets a safe alias
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,31 @@ class Mount:
         return f"{source}:{shlex.quote(self.target + (':ro' if self.read_only else ''))}"
 
 
-def host_paths(mounts: list[Mount], artifacts: Path) -> dict[str, str]:
-    """Container path -> real path, for the host runtime."""
-    return {m.target: str(artifacts) if m.source == ARTIFACTS else m.source for m in mounts}
+def host_paths(mounts: list[Mount], artifacts: Path, invocation_id: str) -> dict[str, str]:
+    """Container path -> real path, for the host runtime; a path with shell metacharacters as its
+    safe alias (`safe_alias`): the harness writes the results path unquoted into its own script."""
+    return {m.target: safe_alias(str(artifacts) if m.source == ARTIFACTS else m.source, invocation_id) for m in mounts}
+
+
+def safe_alias(real: str, invocation_id: str) -> str:
+    """`real`, or when a shell would not read it as itself, a symlink name for it under LINK_DIR
+    (the driver script makes the link before each task; the payload removes it: `remove_links`)."""
+    if SHELL_SAFE.fullmatch(real):
+        return real
+    return f"{LINK_DIR}/hpc-eval-{os.getuid()}-{invocation_id}-{hashlib.sha256(real.encode()).hexdigest()[:16]}"
+
+
+def links(mounts: list[Mount], artifacts: Path, invocation_id: str) -> list[tuple[str, str]]:
+    """(alias, real path) of every host path that needs a safe alias."""
+    reals = {str(artifacts) if m.source == ARTIFACTS else m.source for m in mounts}
+    return sorted((safe_alias(real, invocation_id), real) for real in reals if safe_alias(real, invocation_id) != real)
+
+
+def remove_links(invocation_id: str) -> None:
+    """Remove the safe aliases of an invocation's paths (each attempt's scripts make them again)."""
+    for link in glob.glob(f"{LINK_DIR}/hpc-eval-{os.getuid()}-{glob.escape(invocation_id)}-*"):
+        if os.path.islink(link):
+            os.unlink(link)
 
 
 def map_container_paths(value: Any, paths: dict[str, str]) -> Any:
@@ -134,16 +161,20 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
         "dir": str(task_dir), "image": image, "container": f"client-{task.name}-{stamp}", "env_names": env_names,
         "unlisted": bool(definition.get("is_unlisted")) and not is_local_image_path(image), "dataset_env": dataset_env,
         "launch": launch_command(runtime, "client", image, [] if runtime == "host" else mounts, env_names, options),
-        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options) if cfg.deployment.type != "none" else None,
+        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options, invocation_id) if cfg.deployment.type != "none" else None,
         "secrets": False, "reexport": "", "eval_command": "", "debug": "", "unsafe": False,
+        "links": links(mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
     }
+    if plan["server"] and runtime == "host":
+        plan["links"] = sorted(set(plan["links"]) | set(plan["server"].pop("links")))
     if with_command:
-        built, plan["eval_command"] = eval_factory_command(cfg, task, definition, runtime, host_paths(mounts, task_dir / "artifacts"))
+        built, plan["eval_command"] = eval_factory_command(cfg, task, definition, runtime, host_paths(mounts, task_dir / "artifacts", invocation_id))
         plan.update(debug=built.debug, unsafe=built.is_potentially_unsafe)
     return plan
 
 
-def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp: str, options: Options) -> dict[str, Any]:
+def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp: str, options: Options,
+                invocation_id: str) -> dict[str, Any]:
     """The model server: the local executor's mounts and env, its health URL; the Slurm layout's /results."""
     from nemo_evaluator_launcher.common.env_vars import collect_deployment_env_vars
     from nemo_evaluator_launcher.common.helpers import get_endpoint_url, get_health_url
@@ -156,11 +187,12 @@ def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp
         mounts.append(Mount(str(deployment.cache_path), "/cache"))
     mounts += [Mount(str(src), str(dst)) for src, dst in options.deployment_mounts.items()]
     env_names = sorted(collect_deployment_env_vars(cfg))
-    command = str(deployment.command)
+    command, host_mounts = str(deployment.command), mounts + [Mount(ARTIFACTS, "/results")]
     if runtime == "host":
-        command = map_container_paths(command, host_paths(mounts + [Mount(ARTIFACTS, "/results")], task_dir / "artifacts"))
+        command = map_container_paths(command, host_paths(host_mounts, task_dir / "artifacts", invocation_id))
     return {
         "image": str(deployment.get("image")), "port": deployment.port, "env_names": env_names, "command": command,
+        "links": links(host_mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
         "container": f"server-{task.name}-{stamp}", "reexport": "",
         "health_url": get_health_url(cfg, get_endpoint_url(cfg, {}, definition["endpoint_type"])),
         "launch": launch_command(runtime, "server", str(deployment.get("image")), [] if runtime == "host" else mounts,

@@ -11,17 +11,20 @@ Imports nothing from the CLI; the launcher is imported only after its environmen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from hpc_eval import identity
 from hpc_eval.errors import EvaluationFailed
+from hpc_eval.executor_scripts import remove_links
 from hpc_eval.launcher_tree import find_invocation_dir, task_outcome
 from hpc_eval.store import EvalPaths, now_iso, read_json, write_json
 
@@ -72,28 +75,33 @@ def run(eval_dir: Path) -> dict[str, Any]:
         raise EvaluationFailed(reason)
 
     launcher = start_launcher(paths)
-    try:
-        cfg, port = launcher.load_config(paths.launcher_config)
-        invocation = launcher.start(cfg, paths, port, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
-    except Exception as error:  # the launcher refused the config or could not start its scripts
-        reason = f"run_eval failed: {type(error).__name__}: {' '.join(str(error).split())}"
-        finish(paths, summary, start, "FAILED", reason=reason, failure="launcher_error")
-        raise EvaluationFailed(reason) from error
-    summary["invocation_id"] = invocation.id
-    summary["server_port"] = invocation.server_port
-    summary["invocation_dir"] = str(invocation.directory) if invocation.directory else None
-    if summary["dry_run"]:
-        summary["scripts"] = sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
-        return finish(paths, summary, start, "COMPLETED", reason="launcher dry run: scripts written, nothing evaluated")
+    with Signals() as signals, harness_temp_dir():
+        try:
+            cfg, port = launcher.load_config(paths.launcher_config)
+            invocation = launcher.start(cfg, paths, port, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
+        except Exception as error:  # the launcher refused the config or could not start its scripts
+            reason = f"run_eval failed: {type(error).__name__}: {' '.join(str(error).split())}"
+            finish(paths, summary, start, "FAILED", reason=reason, failure="launcher_error")
+            raise EvaluationFailed(reason) from error
+        summary["invocation_id"] = invocation.id
+        summary["server_port"] = invocation.server_port
+        summary["invocation_dir"] = str(invocation.directory) if invocation.directory else None
+        if summary["dry_run"]:
+            summary["scripts"] = sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
+            return finish(paths, summary, start, "COMPLETED", reason="launcher dry run: scripts written, nothing evaluated")
 
-    try:
-        with sigterm_raises():
+        try:
+            signals.act()  # a signal that came while the launcher started acts now, its invocation saved
             wait_for_scripts(invocation.sessions)
-    except BaseException as stop:  # noqa: BLE001 - every way out of the wait must clean up
-        summary["cleanup"] = launcher.stop(invocation)
-        state, reason = interruption(stop)
-        finish(paths, summary, start, state, reason=reason, tasks=launcher.collect(invocation))
-        raise
+            signals.ignore()  # the scripts are done: what is left is to report
+        except BaseException as stop:  # noqa: BLE001 - every way out of the wait must clean up
+            signals.ignore()  # Slurm's TERM to every process of the step must not cut the clean-up short
+            summary["cleanup"] = launcher.stop(invocation)
+            state, reason = interruption(stop)
+            finish(paths, summary, start, state, reason=reason, tasks=launcher.collect(invocation))
+            raise
+        finally:
+            remove_links(invocation.id)
 
     tasks = launcher.collect(invocation)
     failed = {name: task for name, task in tasks.items() if task["status"] != "success"}
@@ -134,18 +142,63 @@ def interruption(stop: BaseException) -> tuple[str, str]:
     return "FAILED", f"payload error while waiting: {name}: {stop}"
 
 
-class sigterm_raises:
-    """Turn SIGTERM into `Terminated` while waiting (submitit makes the job ignore SIGTERM)."""
+class Signals:
+    """TERM and USR2 while the payload runs, so that every way out saves its state and cleans up.
 
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, self.raise_terminated)
+    submitit handles USR2 (time limit, preemption): it requeues the job with `scontrol requeue`
+    and exits (SystemExit), or raises UncompletedJobError. The requeue makes Slurm send TERM to
+    the job, which can arrive inside that handler: that TERM is part of the requeue, not a cancel.
+    While the launcher starts (`act` not yet called), both signals wait, so that a requeued job
+    finds its invocation saved and no script is left running unrecorded.
+    """
 
-    def __exit__(self, *_):
-        signal.signal(signal.SIGTERM, self.previous)
+    def __enter__(self) -> "Signals":
+        self.mode, self.pending, self.requeueing = "defer", [], False
+        self.submitit_usr2 = signal.getsignal(signal.SIGUSR2)
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGUSR2)}
+        return self
 
-    @staticmethod
-    def raise_terminated(signum, frame):
-        raise Terminated("SIGTERM")
+    def __exit__(self, *_) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def act(self) -> None:
+        """From now on a signal acts at once; one that came earlier acts now."""
+        self.mode = "raise"
+        for signum, frame in self.pending:
+            self.handle(signum, frame)
+
+    def ignore(self) -> None:
+        self.mode = "ignore"
+
+    def handle(self, signum, frame) -> None:
+        if self.mode == "defer":
+            self.pending.append((signum, frame))
+        elif self.mode == "ignore" or (signum == signal.SIGTERM and self.requeueing):
+            return
+        elif signum == signal.SIGTERM:
+            raise Terminated("SIGTERM")
+        elif callable(self.submitit_usr2):
+            self.requeueing = True  # until the process exits: the requeue's TERM may come at any time
+            self.submitit_usr2(signum, frame)  # raises SystemExit (requeued) or UncompletedJobError
+
+
+@contextlib.contextmanager
+def harness_temp_dir():
+    """A temp dir for this attempt as TMPDIR of everything the launcher starts, removed on every exit:
+    nemo-evaluator writes each harness command to a script in a TemporaryDirectory, which a
+    killed harness leaves in the node's /tmp."""
+    previous = os.environ.get("TMPDIR")
+    path = tempfile.mkdtemp(prefix=f"hpc-eval-{os.getuid()}-job{os.environ.get('SLURM_JOB_ID', '')}-")
+    os.environ["TMPDIR"] = path
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
 
 
 def wait_for_scripts(sessions: list[int]) -> None:

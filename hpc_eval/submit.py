@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from hpc_eval import __version__, identity
 from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.deployments import check_checkpoints
 from hpc_eval.errors import CheckpointError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
@@ -278,6 +280,10 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
         ConfigError: the deployment cannot serve what was given (see hpc_eval/deployments.py).
         SlurmUnavailable, SubmitError: as `submit`.
     """
+    if run is not None:
+        refuse_line_breaks(run, "--run")
+    for checkpoint, _ in choice.valid:
+        refuse_line_breaks(str(checkpoint), "checkpoint path")
     check_checkpoints(config.launcher, [checkpoint for checkpoint, _ in choice.valid], config.source)
     evaluations = plan(config, choice.valid, run=run, force=force)
     result = SubmitResult(evaluations, choice.invalid, [], dry_run)
@@ -296,6 +302,19 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
     if ready:
         result.jobs = submit(ready, settings, array_folder_root=config.output_dir / ".arrays")
     return result
+
+
+def follow_up_commands(result: SubmitResult, output_dir: Path) -> dict[str, str]:
+    """What to run next after a submission, each a shell command line (empty when nothing was submitted)."""
+    if not result.jobs:
+        return {}
+
+    def command(*args: Any) -> str:
+        return shlex.join(["hpc-eval", *(str(arg) for arg in args)])
+
+    return {"status_command": command("status", output_dir),
+            "logs_command": command("logs", result.jobs[0].evaluations[0].paths.root),
+            "results_command": command("results", output_dir)}
 
 
 def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None = None) -> list[SubmittedJob]:
