@@ -93,7 +93,7 @@ def free_port() -> int:
 def submit_generic_host(tmp_path: Path, monkeypatch, *extra: str) -> tuple[dict, int, Path]:
     """Submit tests/configs/bfcl_generic_host.yaml on one fake checkpoint: its `generic` deployment
     starts the stub server on a free port. Returns (submit --json output, port, request log)."""
-    from fakeckpt import make_run
+    from support.fakeckpt import make_run
 
     port = free_port()
     requests_log = tmp_path / "server-requests.jsonl"

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakeckpt import iter_name, make_iter, make_run
+from support.fakeckpt import iter_name, make_iter, make_run
 from slurm_helpers import CONFIGS, hpc_eval, wait_for_state
 
 pytestmark = pytest.mark.slurm

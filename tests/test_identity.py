@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from fakeckpt import iter_name, make_iter, make_run
+from support.fakeckpt import iter_name, make_iter, make_run
 
 from hpc_eval import identity
 from hpc_eval.store import eval_dir, find_existing, run_folder, write_json

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fakeckpt import iter_name, make_iter, make_run
+from support.fakeckpt import iter_name, make_iter, make_run
 from slurm_helpers import hpc_eval, submit_json, wait_for_state
 from test_watch import DRY_KEY, actions, attempts, make_quiet, steps, watch
 

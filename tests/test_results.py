@@ -302,7 +302,7 @@ def test_runs_that_share_a_label_get_rows_of_their_own_and_a_note(tmp_path):
 
 
 def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
-    from fakeckpt import make_iter
+    from support.fakeckpt import make_iter
 
     from hpc_eval.identity import fingerprint
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeckpt import make_run
+from support.fakeckpt import make_run
 from slurm_helpers import (CONFIGS, REPO, free_port, hpc_eval, processes_mentioning, submit_generic_host,
                            wait_until_gone_from_queue)
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
+from support.fakeckpt import make_run
 from slurm_helpers import CONFIGS, hpc_eval, submit_json, wait_for_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

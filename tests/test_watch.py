@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import iter_name, make_iter, make_run, write_tracker
+from support.fakeckpt import iter_name, make_iter, make_run, write_tracker
 from slurm_helpers import CONFIGS, hpc_eval, wait_for_state
 
 pytestmark = pytest.mark.slurm
