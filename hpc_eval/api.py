@@ -45,8 +45,8 @@ def load(config: str = "default", overrides: Sequence[str] = (), *, checkpoint: 
          tasks: Sequence[str] = (), output_dir: str | Path | None = None, slurm: dict[str, Any] | None = None) -> Loaded:
     """Load a config (a built-in name or a YAML path), apply overrides, and build its Slurm settings.
 
-    `slurm` holds the command line's shorthands (partition, account, time, gpus_per_node,
-    array_parallelism); None values are ignored.
+    `slurm` sets Slurm settings on top of the config's `slurm:` section (any SlurmSettings key:
+    partition, time, gpus_per_node, ...; None values are ignored), each checked like the config's.
 
     Raises:
         ConfigError: the file, an override or a slurm value is wrong.
@@ -165,11 +165,16 @@ def status(roots: Iterable[str | Path] = ()) -> list[EvaluationStatus]:
     return collect_status(existing_roots(roots))
 
 
-def results(roots: Iterable[str | Path] = (), *, metrics: Sequence[str] = (), progress: Progress | None = None) -> ResultsTable:
-    """Scores per training step; `metrics` keeps matching columns (exact key, substring or glob)."""
-    from hpc_eval.results import collect_results
+def results(roots: Iterable[str | Path] = (), *, metrics: Sequence[str] = (), plot: str | Path | None = None,
+            progress: Progress | None = None) -> ResultsTable:
+    """Scores per training step; `metrics` keeps matching columns (exact key, substring or glob);
+    `plot` also saves a line chart of them against training step (PNG; needs matplotlib)."""
+    from hpc_eval import results as results_lib
 
-    return collect_results(existing_roots(roots), progress=progress).select(list(metrics))
+    table = results_lib.collect_results(existing_roots(roots), progress=progress).select(list(metrics))
+    if plot:
+        results_lib.plot(table, plot)
+    return table
 
 
 def missing_results(roots: Iterable[str | Path] = (), *, progress: Progress | None = None) -> list[MissingResult]:

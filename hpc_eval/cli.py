@@ -299,10 +299,7 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
         if resubmit:
             output.show_resubmission(api.resubmit_missing(missing))
         return
-    table = api.results(roots, metrics=metric_patterns, progress=progress)
+    table = api.results(roots, metrics=metric_patterns, plot=plot_path, progress=progress)
     if plot_path:
-        from hpc_eval.results import plot
-
-        plot(table, plot_path)
         click.echo(f"plot: {plot_path}", err=True)  # stderr, so that stdout stays one clean table
     output.show_results(table, fmt)
