@@ -50,11 +50,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tests/support (fake checkpoints, stub, counters) is not an installed package
 
+from hpc_eval.slurm import max_array_size  # noqa: E402
 from support.commands import docker_standin_env, write_counter  # noqa: E402
 from support.fakeckpt import make_iter, make_run, write_tracker  # noqa: E402
 from support.stub import start_stub  # noqa: E402
-
-from hpc_eval.slurm import max_array_size  # noqa: E402
 
 PYTHON = sys.executable
 HPC_EVAL = str(Path(PYTHON).with_name("hpc-eval")) if Path(PYTHON).with_name("hpc-eval").exists() else shutil.which("hpc-eval") or "hpc-eval"
@@ -210,8 +209,8 @@ class Bench:
     # ---------------------------------------------------------------- 4. watch
     def watch(self, run: Path, count: int) -> None:
         os.environ.update(STUB_URL=self.env["STUB_URL"], XDG_CACHE_HOME=self.env["XDG_CACHE_HOME"])
-        from hpc_eval.config import load_config
         from hpc_eval import identity
+        from hpc_eval.config import load_config
         from hpc_eval.store import completed_index, index_entry, run_folder, run_of
 
         out = self.tmp / "watch" / "out"

@@ -183,7 +183,7 @@ def child_sessions() -> list[int]:
     return sorted(found)
 
 
-def start_launcher(paths: EvalPaths) -> "Launcher":
+def start_launcher(paths: EvalPaths) -> Launcher:
     """Set what the launcher reads at import time, then import it."""
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
     os.environ["NEMO_EVALUATOR_EXEC_DB_FILE"] = str(paths.launcher_state / "exec-db" / "exec.v1.jsonl")

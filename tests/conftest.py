@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import pytest
 
 from hpc_eval.slurm import max_array_size
-
 from support import stub as stub_lib
 from support.commands import CallCounter, docker_standin_env, write_counter
 from support.stub import StubServer

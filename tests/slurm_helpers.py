@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from hpc_eval.cli import main
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
 
 
-def hpc_eval(*args: str) -> "click.testing.Result":
+def hpc_eval(*args: str) -> Result:
     """Run the real CLI in-process; fail loudly with its output when it crashes."""
     result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
     return result

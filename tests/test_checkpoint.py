@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from hpc_eval import checkpoint
 from hpc_eval.checkpoint import discover, is_run_dir, latest, validate
 from hpc_eval.cli import main
-
 from support.fakeckpt import (
     make_energon,
     make_hf,

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from hpc_eval.cli import main
 from hpc_eval.config import TOOL_KEYS
 from hpc_eval.launcher import import_launcher
-
 from support.fakeckpt import make_iter
 
 TOKENIZER_KEY = ("evaluation", "nemo_evaluator_config", "config", "params", "extra", "tokenizer")

@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 from hpc_eval.cli import main
-
 from support.fakeckpt import make_iter, make_run
 
 HELD = ["dry_run=true", "slurm.cpus_per_task=1", "slurm.gpus_per_node=0", "+slurm.additional_parameters.hold=true"]
