@@ -10,6 +10,7 @@ one run comes from the same machine under the same load).
     .venv/bin/python benchmarks/bench.py --json          # one JSON object instead of the table
     .venv/bin/python benchmarks/bench.py --markdown      # the table as Markdown (docs/benchmarks.md)
     .venv/bin/python benchmarks/bench.py --save FILE     # also write the JSON object to FILE
+    .venv/bin/python benchmarks/bench.py --quick --report-targets   # CI: missed targets reported, exit 0
 
 Sections:
   1. startup   `hpc-eval --help` and `hpc-eval validate <one dir>` against `python -c pass`;

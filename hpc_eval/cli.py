@@ -99,11 +99,12 @@ def selection_options(command):
 
 OVERRIDES_HELP = """\b
 Overrides (OVERRIDES, after the options):
-  key=value          set a key the config has, `???` ones included (deployment.port=8001)
-  +key=value         add a key the config does not have (+evaluation.nemo_evaluator_config.config.params.limit_samples=5)
-  ~key               delete a key (~evaluation.tasks.1)
-  slurm.key=value    a Slurm setting (slurm.time=02:00:00, slurm.gpus_per_node=4,
-                     +slurm.additional_parameters.reservation=r1 for any other sbatch flag)
+  key=value          set a key the config has, `???` ones included
+                     (deployment.port=8001, deployment.checkpoint_path=/runs/a/iter_0000100)
+  +key=value         add a key the config does not have (+evaluation.nemo_evaluator_config.config.params.extra.seed=1)
+  ~key               delete a key (~target.api_endpoint.api_key_name)
+  slurm.key=value    a Slurm setting, checked (slurm.time=02:00:00, slurm.gpus_per_node=4; with a +
+                     for any other sbatch flag: +slurm.additional_parameters.reservation=r1)
 Values are YAML (true, 3, [a, b]); quote them for the shell."""
 
 
