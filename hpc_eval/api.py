@@ -3,9 +3,9 @@
 The CLI (cli.py) is these functions plus option parsing and formatting (output.py); a notebook or a
 training script calls them directly:
 
-    import hpc_eval
-    submission = hpc_eval.submit("tiny_chat", ["dry_run=true"], output_dir="evals")
-    rows = hpc_eval.status(["evals"])
+    from hpc_eval import api
+    submission = api.submit("tiny_chat", ["dry_run=true"], output_dir="evals")
+    rows = api.status(["evals"])
 
 Heavy modules (the launcher, submitit) are imported inside the functions that need them.
 """
