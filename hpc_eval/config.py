@@ -64,7 +64,7 @@ class EvalConfig:
             data = replace_text(data, self.checkpoint_path, "<checkpoint>")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
-    def for_checkpoint(self, checkpoint: Path) -> "EvalConfig":
+    def for_checkpoint(self, checkpoint: Path) -> EvalConfig:
         """The same config resolved again with another checkpoint (its interpolations follow it).
 
         A resolution costs milliseconds, seconds for a thousand checkpoints: once the first one
@@ -81,7 +81,7 @@ class EvalConfig:
             self.path_is_text = self.with_checkpoint_text(path) == config
         return config
 
-    def with_checkpoint_text(self, path: str) -> "EvalConfig":
+    def with_checkpoint_text(self, path: str) -> EvalConfig:
         """This config with every occurrence of its checkpoint path replaced by `path`."""
         old = self.checkpoint_path
 

@@ -50,7 +50,7 @@ def register() -> None:
     register_executor(EXECUTOR)(executor_class())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def executor_class() -> type:
     """The BaseExecutor subclass, built on first use so that importing this module imports no launcher."""
     from nemo_evaluator_launcher.executors.base import BaseExecutor
@@ -102,7 +102,11 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
 
     A dry run writes everything and starts nothing."""
     from nemo_evaluator_launcher.common.execdb import generate_invocation_id
-    from nemo_evaluator_launcher.common.helpers import check_unlisted_tasks_safeguard, get_timestamp_string, get_unique_task_name
+    from nemo_evaluator_launcher.common.helpers import (
+        check_unlisted_tasks_safeguard,
+        get_timestamp_string,
+        get_unique_task_name,
+    )
     from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
 
     options = Options.from_config(cfg)

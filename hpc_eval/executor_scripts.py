@@ -41,7 +41,7 @@ class Options:
     evaluation_mounts: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg) -> "Options":
+    def from_config(cls, cfg) -> Options:
         execution, mounts = cfg.execution, cfg.execution.get("mounts") or {}
         mode = execution.get("mode", "sequential")
         if mode not in ("sequential", "parallel"):
@@ -109,7 +109,7 @@ def map_container_paths(value: Any, paths: dict[str, str]) -> Any:
     if not isinstance(value, str):
         return value
     for target, real in paths.items():  # whole path components only: /results/x, not /results2
-        value = re.sub(rf"(?<![\w./-]){re.escape(target)}(?![\w.-])", lambda _: real, value)
+        value = re.sub(rf"(?<![\w./-]){re.escape(target)}(?![\w.-])", lambda _, real=real: real, value)
     return value
 
 
@@ -120,7 +120,7 @@ def launch_command(runtime: str, role: str, image: str, mounts: list[Mount], env
     return str(macros.launch(runtime, role, image, [mount.spec() for mount in mounts], env_names, options, port))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def templates():
     """The Jinja environment of templates/: strict (a missing value fails), `q` shell-quotes."""
     import jinja2
@@ -142,7 +142,12 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
               options: Options, *, with_command: bool = True) -> dict[str, Any]:
     """What the driver script needs for one task, computed as the local executor does."""
     from nemo_evaluator_launcher.common.env_vars import collect_eval_env_vars
-    from nemo_evaluator_launcher.common.helpers import get_api_key_name, get_timestamp_string, get_unique_task_name, is_local_image_path
+    from nemo_evaluator_launcher.common.helpers import (
+        get_api_key_name,
+        get_timestamp_string,
+        get_unique_task_name,
+        is_local_image_path,
+    )
     from nemo_evaluator_launcher.common.mapping import get_task_definition_for_job
 
     definition = get_task_definition_for_job(task_query=task.name, base_mapping=mapping,
@@ -224,8 +229,13 @@ def eval_factory_command(cfg, task, definition: dict, runtime: str, paths: dict[
 
 def add_secrets(cfg, task, plan: dict[str, Any]) -> None:
     """Write .secrets.env (resolved values, mode 600) and the re-export lines, as the local executor."""
-    from nemo_evaluator_launcher.common.env_vars import (build_reexport_commands, collect_deployment_env_vars,
-                                                         collect_eval_env_vars, collect_exporters_env_vars, generate_secrets_env)
+    from nemo_evaluator_launcher.common.env_vars import (
+        build_reexport_commands,
+        collect_deployment_env_vars,
+        collect_eval_env_vars,
+        collect_exporters_env_vars,
+        generate_secrets_env,
+    )
     from nemo_evaluator_launcher.common.helpers import get_api_key_name
 
     groups = {plan["uname"]: collect_eval_env_vars(cfg, task, get_api_key_name(cfg)), "export": collect_exporters_env_vars(cfg)}

@@ -33,8 +33,8 @@ def import_launcher(state_dir: Path | None = None) -> None:
     saved = {name: os.environ.get(name) for name in import_time_env}
     os.environ.update(import_time_env)
     try:
-        import nemo_evaluator_launcher.api.functional  # noqa: F401
         import nemo_evaluator.logging  # noqa: F401  (configures its console level on import)
+        import nemo_evaluator_launcher.api.functional  # noqa: F401
     finally:
         for name, value in saved.items():
             if value is None:

@@ -152,7 +152,7 @@ class Signals:
     finds its invocation saved and no script is left running unrecorded.
     """
 
-    def __enter__(self) -> "Signals":
+    def __enter__(self) -> Signals:
         self.mode, self.pending, self.requeueing = "defer", [], False
         self.submitit_usr2 = signal.getsignal(signal.SIGUSR2)
         self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGUSR2)}
@@ -237,7 +237,7 @@ def child_sessions() -> list[int]:
     return sorted(found)
 
 
-def start_launcher(paths: EvalPaths) -> "Launcher":
+def start_launcher(paths: EvalPaths) -> Launcher:
     """Set what the launcher reads at import time, then import it."""
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
     os.environ["NEMO_EVALUATOR_EXEC_DB_FILE"] = str(paths.launcher_state / "exec-db" / "exec.v1.jsonl")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from hpc_eval import identity
 from hpc_eval.errors import UsageError

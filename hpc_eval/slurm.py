@@ -13,9 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from hpc_eval.errors import ConfigError, SlurmUnavailable, SubmitError
 

@@ -8,9 +8,10 @@ many evaluations there are, a call makes at most one `squeue` and one `sacct` ca
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpc_eval import identity
 from hpc_eval.launcher_tree import task_logs

@@ -21,9 +21,18 @@ from hpc_eval.config import EvalConfig, save_launcher_config
 from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.deployments import check_checkpoints
 from hpc_eval.errors import CheckpointError
-from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
-                            settings_from, submit_errors)
-from hpc_eval.store import claim_attempt, EvalPaths, claim, eval_dir, find_existing, now_iso, run_name, write_json
+from hpc_eval.slurm import (
+    SlurmSettings,
+    make_executor,
+    max_array_size,
+    outer_job_hidden,
+    require_slurm,
+    sbatch_preview,
+    settings_from,
+    submit_errors,
+)
+from hpc_eval.store import EvalPaths, claim, claim_attempt, eval_dir, find_existing, now_iso, run_name, write_json
+
 
 @dataclass
 class PlannedEvaluation:

@@ -18,10 +18,11 @@ import fcntl
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hpc_eval import checkpoint as ckpt
 from hpc_eval import identity
@@ -29,8 +30,17 @@ from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.slurm import require_slurm
 from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
-from hpc_eval.store import (STALE_CLAIM_S, claim_attempt, EvalPaths, completed_index, eval_dir, find_existing,
-                             index_entry, run_folder, run_of)
+from hpc_eval.store import (
+    STALE_CLAIM_S,
+    EvalPaths,
+    claim_attempt,
+    completed_index,
+    eval_dir,
+    find_existing,
+    index_entry,
+    run_folder,
+    run_of,
+)
 from hpc_eval.submit import PlannedEvaluation, prepare, submit, write_request
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time

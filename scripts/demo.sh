@@ -49,7 +49,7 @@ log "stub model server: $STUB_URL"
 
 # ---------------------------------------------------------------- 4. a fake training run
 RUN_DIR="$DEMO_DIR/my-run/checkpoints"
-.venv/bin/python -c 'import sys; sys.path.insert(0, "tests"); from fakeckpt import make_run; make_run(sys.argv[1], [100, 200, 300])' "$RUN_DIR"
+.venv/bin/python -c 'import sys; sys.path.insert(0, "tests"); from support.fakeckpt import make_run; make_run(sys.argv[1], [100, 200, 300])' "$RUN_DIR"
 log "fake Megatron Bridge run: $RUN_DIR ($(ls "$RUN_DIR" | grep -c '^iter_') checkpoints)"
 
 # ---------------------------------------------------------------- 5. one array over all checkpoints

@@ -3,7 +3,8 @@
 The rule for every fixture here: replace only what cannot exist on a development or CI machine,
 and only at a process boundary. Slurm is real (scripts/start-slurm.sh); the model server is a
 stub HTTP server (scripts/fake_openai.py); the docker daemon is real but private
-(scripts/start-docker.sh, reached through DOCKER_HOST); counters wrap real commands and still run them.
+(scripts/start-docker.sh, reached through DOCKER_HOST); counters wrap real commands and still run them. The parts
+benchmarks share live in tests/support/; the fixtures here wrap them.
 
 Sections (others may add their own below, in clearly named fixtures):
   * session set-up          pytest_configure
@@ -18,21 +19,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hpc_eval.slurm import max_array_size
+from multinode_helpers import multinode_cluster, multinode_env  # noqa: F401  (fixtures for every module)
+from support import stub as stub_lib
+from support.commands import CallCounter, write_counter
+from support.stub import StubServer
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
 START_SLURM_HINT = "local Slurm is not running: start it with `bash scripts/start-slurm.sh`"
 
 
@@ -148,80 +148,18 @@ def _slurm_marker_uses_slurm_cluster(request):
 
 
 # ------------------------------------------------------------------------- stub model server
-@dataclass
-class StubServer:
-    """A running scripts/fake_openai.py. url is the base URL (no /v1)."""
-
-    url: str
-    port: int
-    log_path: Path
-    proc: subprocess.Popen = field(repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def request_log(self) -> list[dict]:
-        """Every request received so far, oldest first: {"t", "method", "path", "body"}
-        (the stub's LOG file; a POST is logged when it arrives, before any DELAY_S)."""
-        import json
-
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
-
-    def requests(self) -> int:
-        """How many requests (any method, any path) the stub has received so far."""
-        return len(self.request_log())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
 def start_stub(tmp_path):
     """Factory: start_stub(reply=None, delay_s=None, model_id=None) -> StubServer.
 
-    Each call starts scripts/fake_openai.py on a free port of 127.0.0.1 (port 0), with the
-    interpreter running the tests; all are stopped (SIGTERM by PID) after the test."""
+    Each call starts scripts/fake_openai.py on a free port of 127.0.0.1 (support/stub.py); all
+    are stopped (SIGTERM by PID) after the test."""
     started: list[StubServer] = []
 
     def start(
         reply: str | None = None, delay_s: float | None = None, model_id: str | None = None
     ) -> StubServer:
-        index = len(started)
-        log_path = tmp_path / f"stub-{index}.requests.jsonl"
-        env = dict(os.environ, LOG=str(log_path))
-        for name, value in (("REPLY", reply), ("DELAY_S", delay_s), ("MODEL_ID", model_id)):
-            if value is not None:
-                env[name] = str(value)
-        stderr = open(tmp_path / f"stub-{index}.stderr", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "fake_openai.py"), "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        stderr.close()
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline() if ready else ""
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            proc.kill()
-            proc.wait()
-            err = (tmp_path / f"stub-{index}.stderr").read_text(errors="replace")
-            raise RuntimeError(f"fake_openai.py did not start: {line!r} {err[-2000:]}")
-        port = int(match.group(1))
-        stub = StubServer(url=f"http://127.0.0.1:{port}", port=port, log_path=log_path, proc=proc)
+        stub = stub_lib.start_stub(tmp_path, f"stub-{len(started)}", reply, delay_s, model_id)
         started.append(stub)
         return stub
 
@@ -311,58 +249,19 @@ def real_docker(_docker_daemon, monkeypatch) -> RealDocker:
 
 
 # ------------------------------------------------------------------------- command counters
-@dataclass
-class CallCounter:
-    """Counts the calls of one real command through a wrapper first on PATH."""
-
-    command: str
-    calls_file: Path
-    env: dict[str, str]
-
-    def calls(self) -> list[str]:
-        """One shell-quoted argument line per call, oldest first."""
-        if not self.calls_file.exists():
-            return []
-        return self.calls_file.read_text().splitlines()
-
-    def count(self) -> int:
-        return len(self.calls())
-
-
 @pytest.fixture
 def count_calls(tmp_path, monkeypatch):
-    """Factory: count_calls("sacct") -> CallCounter.
+    """Factory: count_calls("sacct") -> CallCounter (support/commands.py).
 
     Puts a wrapper named like the command first on PATH (os.environ, via monkeypatch, so
-    in-process code such as submitit sees it; `.env` has the PATH for subprocess envs). The
-    wrapper appends one line to a calls file and then execs the real command: a process-
-    boundary counter, not a mock. Slurm jobs inherit PATH, so calls from inside jobs count too."""
+    in-process code such as submitit sees it; `.env` has the PATH for subprocess envs)."""
     bin_dir = tmp_path / "counted-bin"
     counters: dict[str, CallCounter] = {}
 
     def count(command: str) -> CallCounter:
-        if command in counters:
-            return counters[command]
-        real = shutil.which(
-            command, path=os.environ.get("PATH", "").replace(f"{bin_dir}{os.pathsep}", "")
-        )
-        if real is None:
-            raise RuntimeError(f"cannot count `{command}`: not on PATH")
-        bin_dir.mkdir(exist_ok=True)
-        calls_file = tmp_path / f"calls-{command}.txt"
-        wrapper = bin_dir / command
-        wrapper.write_text(
-            "#!/bin/bash\n"
-            f"# counts calls of {real} for a test, then runs it\n"
-            "line=$(printf '%q ' \"$@\")\n"
-            f"printf '%s\\n' \"$line\" >> '{calls_file}'   # one write: safe for concurrent calls\n"
-            f"exec '{real}' \"$@\"\n"
-        )
-        wrapper.chmod(0o755)
-        path = os.environ.get("PATH", "")
-        if not path.startswith(f"{bin_dir}{os.pathsep}"):
-            monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{path}")
-        counters[command] = CallCounter(command, calls_file, {"PATH": os.environ["PATH"]})
+        if command not in counters:
+            counters[command] = write_counter(command, bin_dir, tmp_path / f"calls-{command}.txt")
+            monkeypatch.setenv("PATH", counters[command].env["PATH"])
         return counters[command]
 
     return count

@@ -1,6 +1,6 @@
 """The multi-node local Slurm (scripts/start-slurm-multinode.sh), for tests of multi-node jobs.
 
-Import the fixtures into a test module: `from multinode_helpers import multinode_cluster, multinode_env`.
+Its fixtures are imported by conftest.py, so every test module can ask for them.
 
 Its nodes are slurmds in their own network namespaces: node1, node2, ... at their own addresses on a
 private bridge, so a process on node2 reaches a server on node1 only at node1's address. Clients

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from hpc_eval.cli import main
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
 
 
-def hpc_eval(*args: str) -> "click.testing.Result":
+def hpc_eval(*args: str) -> Result:
     """Run the real CLI in-process; fail loudly with its output when it crashes."""
     result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
     return result
@@ -93,7 +93,7 @@ def free_port() -> int:
 def submit_generic_host(tmp_path: Path, monkeypatch, *extra: str) -> tuple[dict, int, Path]:
     """Submit tests/configs/bfcl_generic_host.yaml on one fake checkpoint: its `generic` deployment
     starts the stub server on a free port. Returns (submit --json output, port, request log)."""
-    from fakeckpt import make_run
+    from support.fakeckpt import make_run
 
     port = free_port()
     requests_log = tmp_path / "server-requests.jsonl"

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakeckpt import iter_name, make_iter, make_run
+
 from slurm_helpers import CONFIGS, hpc_eval, wait_for_state
+from support.fakeckpt import iter_name, make_iter, make_run
 
 pytestmark = pytest.mark.slurm
 

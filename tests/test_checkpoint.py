@@ -13,8 +13,7 @@ from click.testing import CliRunner
 from hpc_eval import checkpoint
 from hpc_eval.checkpoint import discover, is_run_dir, latest, validate
 from hpc_eval.cli import main
-
-from fakeckpt import (
+from support.fakeckpt import (
     make_energon,
     make_hf,
     make_hf_peft,

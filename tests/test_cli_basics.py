@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from hpc_eval.cli import main
 from hpc_eval.config import TOOL_KEYS
 from hpc_eval.launcher import import_launcher
-
-from fakeckpt import make_iter
+from support.fakeckpt import make_iter
 
 TOKENIZER_KEY = ("evaluation", "nemo_evaluator_config", "config", "params", "extra", "tokenizer")
 HEAVY = ("nemo_evaluator", "nemo_evaluator_launcher", "submitit")

@@ -20,8 +20,7 @@ from hpc_eval.cli import main
 from hpc_eval.config import TOOL_KEYS, load_config, preflight, save_launcher_config
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import import_launcher
-
-from fakeckpt import make_iter
+from support.fakeckpt import make_iter
 
 ENV_VARS = ("NEMO_EVALUATOR_MODEL_URL", "NEMO_EVALUATOR_MODEL_ID", "NEMO_EVALUATOR_API_KEY_NAME")
 TOKENIZER_KEY = ("evaluation", "nemo_evaluator_config", "config", "params", "extra", "tokenizer")

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
+
 from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_generic_host, submit_json, wait_for_state
+from support.fakeckpt import make_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+
 from slurm_helpers import CONFIGS, hpc_eval
 
 HOSTILE = "a b'c\"$(touch CANARY)é\\d"  # a space, quotes, a command substitution, non-ASCII, a backslash

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 from fakeckpt import make_run
-from slurm_helpers import (CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_for_file, wait_for_state,
-                           wait_until_gone_from_queue)
+
+from slurm_helpers import (
+    CONFIGS,
+    hpc_eval,
+    submit_json,
+    wait_for_file,
+    wait_for_state,
+    wait_until_gone_from_queue,
+)
 
 pytestmark = pytest.mark.slurm
 

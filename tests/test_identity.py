@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from fakeckpt import iter_name, make_iter, make_run
-
 from hpc_eval import identity
 from hpc_eval.store import eval_dir, find_existing, run_folder, write_json
+from support.fakeckpt import iter_name, make_iter, make_run
 
 
 def test_runs_with_the_same_name_get_different_hashes_and_a_symlink_the_same(tmp_path):

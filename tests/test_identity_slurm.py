@@ -12,11 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fakeckpt import iter_name, make_iter, make_run
-from slurm_helpers import hpc_eval, submit_json, wait_for_state
-from test_watch import DRY_KEY, actions, attempts, make_quiet, steps, watch
 
 from hpc_eval.identity import run_hash
+from slurm_helpers import hpc_eval, submit_json, wait_for_state
+from support.fakeckpt import iter_name, make_iter, make_run
+from test_watch import DRY_KEY, actions, attempts, make_quiet, steps, watch
 
 pytestmark = pytest.mark.slurm
 

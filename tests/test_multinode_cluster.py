@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from multinode_helpers import MultiNodeCluster, multinode_cluster, multinode_env  # noqa: F401  (fixtures)
-
+from multinode_helpers import MultiNodeCluster
 
 
 def on_multinode(test):

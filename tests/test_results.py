@@ -302,9 +302,8 @@ def test_runs_that_share_a_label_get_rows_of_their_own_and_a_note(tmp_path):
 
 
 def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
-    from fakeckpt import make_iter
-
     from hpc_eval.identity import fingerprint
+    from support.fakeckpt import make_iter
 
     checkpoint = make_iter(tmp_path / "ckpt" / RUN / "checkpoints", 1000)
     eval_dir = write_evaluation(tmp_path / "out", 1000, [(BFCL, 0, "0.9")], summary="COMPLETED")

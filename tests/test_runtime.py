@@ -22,13 +22,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeckpt import make_run
-from slurm_helpers import (CONFIGS, REPO, free_port, hpc_eval, processes_mentioning, submit_generic_host,
-                           wait_until_gone_from_queue)
 
 from hpc_eval import executor as runtime
-from hpc_eval.launcher_tree import read_metrics
 from hpc_eval.executor_scripts import task_commands
+from hpc_eval.launcher_tree import read_metrics
+from slurm_helpers import (
+    CONFIGS,
+    REPO,
+    free_port,
+    hpc_eval,
+    processes_mentioning,
+    submit_generic_host,
+    wait_until_gone_from_queue,
+)
+from support.fakeckpt import make_run
 
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 IMAGE = "nvcr.io/nvidia/nemo:25.11"

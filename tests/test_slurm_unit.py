@@ -10,8 +10,18 @@ import inspect
 import pytest
 
 from hpc_eval.errors import ConfigError
-from hpc_eval.slurm import (NO_TIME_LIMIT, SLURM_DEFAULTS, SlurmJobState, SlurmSettings, base_job_ids, parse_sacct,
-                            parse_squeue, sbatch_preview, settings_from, time_minutes)
+from hpc_eval.slurm import (
+    NO_TIME_LIMIT,
+    SLURM_DEFAULTS,
+    SlurmJobState,
+    SlurmSettings,
+    base_job_ids,
+    parse_sacct,
+    parse_squeue,
+    sbatch_preview,
+    settings_from,
+    time_minutes,
+)
 
 
 @pytest.mark.parametrize("value, minutes", [

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
+
 from slurm_helpers import CONFIGS, hpc_eval, submit_json, wait_for_state
+from support.fakeckpt import make_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

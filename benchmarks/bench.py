@@ -4,12 +4,13 @@
 Not a test: run it by hand on the machine you care about, and read the ratios (every number in
 one run comes from the same machine under the same load).
 
-    .venv/bin/python scripts/bench.py                 # everything (1.5-2 minutes on 2 CPUs)
-    .venv/bin/python scripts/bench.py --quick         # smaller N (arrays up to 100, watch over 1,000 dirs)
-    .venv/bin/python scripts/bench.py --skip-slurm    # only what needs no Slurm (sections 1, 2 and the validate scan)
-    .venv/bin/python scripts/bench.py --json          # one JSON object instead of the table
-    .venv/bin/python scripts/bench.py --markdown      # the table as Markdown (docs/benchmarks.md)
-    .venv/bin/python scripts/bench.py --save FILE     # also write the JSON object to FILE
+    .venv/bin/python benchmarks/bench.py                 # everything (1.5-2 minutes on 2 CPUs)
+    .venv/bin/python benchmarks/bench.py --quick         # smaller N (arrays up to 100, watch over 1,000 dirs)
+    .venv/bin/python benchmarks/bench.py --skip-slurm    # only what needs no Slurm (sections 1, 2 and the validate scan)
+    .venv/bin/python benchmarks/bench.py --json          # one JSON object instead of the table
+    .venv/bin/python benchmarks/bench.py --markdown      # the table as Markdown (docs/benchmarks.md)
+    .venv/bin/python benchmarks/bench.py --save FILE     # also write the JSON object to FILE
+    .venv/bin/python benchmarks/bench.py --quick --report-targets   # CI: missed targets reported, exit 0
 
 Sections:
   1. startup   `hpc-eval --help` and `hpc-eval validate <one dir>` against `python -c pass`;
@@ -38,7 +39,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,11 +49,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # fakeckpt: fake Megatron Bridge iter dirs
-
-from fakeckpt import make_iter, make_run, write_tracker  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))  # tests/support (fake checkpoints, stub, counters) is not an installed package
 
 from hpc_eval.slurm import max_array_size  # noqa: E402
+from support.commands import write_counter  # noqa: E402
+from support.fakeckpt import make_iter, make_run, write_tracker  # noqa: E402
+from support.stub import start_stub  # noqa: E402
 
 PYTHON = sys.executable
 HPC_EVAL = str(Path(PYTHON).with_name("hpc-eval")) if Path(PYTHON).with_name("hpc-eval").exists() else shutil.which("hpc-eval") or "hpc-eval"
@@ -88,8 +89,8 @@ class Bench:
         self.env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "TMPDIR": str(tmp / "tmp"),
                     "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0", "STUB_URL": "http://127.0.0.1:9",
                     "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-        for command in COUNTED:
-            self.write_counter(command)
+        self.counters = {command: write_counter(command, tmp / "bin", tmp / f"calls-{command}.txt", timed=True)
+                         for command in COUNTED if shutil.which(command)}
 
     # ---------------------------------------------------------------- helpers
     def add(self, *args, **kwargs) -> Row:
@@ -99,31 +100,14 @@ class Bench:
             print(f"  {row.section:<8} {row.measure:<58} {fmt(row.value)} {row.unit}".rstrip(), file=sys.stderr, flush=True)
         return row
 
-    def write_counter(self, command: str) -> None:
-        """A wrapper first on PATH that logs start/end (ns) of each call, then runs the real command."""
-        real = shutil.which(command)
-        if real is None:
-            return
-        wrapper = self.tmp / "bin" / command
-        wrapper.write_text(
-            "#!/bin/bash\n"
-            "start=$(date +%s%N)\n"
-            f"'{real}' \"$@\"\n"
-            "rc=$?\n"
-            f"echo \"$start $(date +%s%N) $rc\" >> '{self.tmp}/calls-{command}.txt'\n"
-            "exit $rc\n")
-        wrapper.chmod(0o755)
-
     def calls(self, command: str) -> tuple[int, float]:
         """(calls, seconds inside them) since the last reset_calls()."""
-        path = self.tmp / f"calls-{command}.txt"
-        lines = path.read_text().split("\n") if path.exists() else []
-        spans = [(int(a), int(b)) for a, b, _ in (line.split() for line in lines if line.strip())]
-        return len(spans), sum(b - a for a, b in spans) / 1e9
+        counter = self.counters.get(command)
+        return (counter.count(), counter.seconds()) if counter else (0, 0.0)
 
     def reset_calls(self) -> None:
-        for command in COUNTED:
-            (self.tmp / f"calls-{command}.txt").unlink(missing_ok=True)
+        for counter in self.counters.values():
+            counter.reset()
 
     def run(self, argv: list, env: dict | None = None, check: bool = True, cwd: Path | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
         """(wall s, CPU s of the process and its children, result)."""
@@ -225,10 +209,9 @@ class Bench:
 
     # ---------------------------------------------------------------- 4. watch
     def watch(self, run: Path, count: int) -> None:
-        sys.path.insert(0, str(REPO))
         os.environ.update(STUB_URL=self.env["STUB_URL"], XDG_CACHE_HOME=self.env["XDG_CACHE_HOME"])
-        from hpc_eval.config import load_config
         from hpc_eval import identity
+        from hpc_eval.config import load_config
         from hpc_eval.store import completed_index, index_entry, run_folder, run_of
 
         out = self.tmp / "watch" / "out"
@@ -301,12 +284,11 @@ class Bench:
         times = import_times(self.run([PYTHON, "-X", "importtime", "-c", "import hpc_eval.payload"])[2].stderr)
         self.add("payload", "python -X importtime: import hpc_eval.payload (before the launcher)", times.get("hpc_eval.payload", 0.0), "ms")
 
-        stub, url = start_stub(self.tmp / "payload", delay_s=5)
+        stub = start_stub(self.tmp / "payload", reply=BFCL_REPLY, delay_s=5)
         try:
-            self.payload_wait(env, url, events)
+            self.payload_wait(env, stub.url, events)
         finally:
-            stub.send_signal(signal.SIGTERM)
-            stub.wait(10)
+            stub.stop()
 
     def payload_wait(self, env: dict, url: str, events: Path) -> None:
         # the private daemon of scripts/start-docker.sh, with the image of scripts/build-test-image.sh
@@ -497,17 +479,6 @@ def submitit_start(eval_dir: Path) -> float:
     return min(found)
 
 
-def start_stub(folder: Path, delay_s: float) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "DELAY_S": str(delay_s), "LOG": str(folder / "stub-requests.jsonl"), "REPLY": BFCL_REPLY}
-    stub = subprocess.Popen([PYTHON, str(REPO / "scripts" / "fake_openai.py"), "0"], env=env, stdout=subprocess.PIPE, text=True)
-    line = stub.stdout.readline()
-    match = re.search(r"http://127\.0\.0\.1:\d+", line)
-    if not match:
-        stub.kill()
-        raise RuntimeError(f"fake_openai.py did not start: {line!r}")
-    return stub, match.group(0)
-
-
 def find_payload(folder: Path) -> int | None:
     """The python running submitit's _submit for this submitit folder."""
     for proc in Path("/proc").iterdir():
@@ -598,6 +569,8 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON object to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
+    parser.add_argument("--report-targets", action="store_true",
+                        help="report missed targets but exit 0 (CI: noisy machines); errors still exit non-zero")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hpc-eval-bench-"))
     bench = Bench(args, tmp)
@@ -607,7 +580,7 @@ def main() -> int:
         bench.main()
     finally:
         info.update(load_after=os.getloadavg(), bench_s=round(time.perf_counter() - started, 1),
-                    command=" ".join(["scripts/bench.py", *sys.argv[1:]]))
+                    command=" ".join(["benchmarks/bench.py", *sys.argv[1:]]))
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
@@ -622,7 +595,10 @@ def main() -> int:
         print(f"machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, {info['slurm']}, launcher {info['launcher']}; "
               f"load {load(info['load_before'])} -> {load(info['load_after'])}; {info['bench_s']} s; {info['date']}")
         print(table(bench.rows, args.markdown))
-    return 1 if any(row.ok is False for row in bench.rows) else 0
+    missed = [row.measure for row in bench.rows if row.ok is False]
+    if missed and args.report_targets:
+        print(f"missed targets (reported, not failed): {'; '.join(missed)}", file=sys.stderr)
+    return 1 if missed and not args.report_targets else 0
 
 
 if __name__ == "__main__":
