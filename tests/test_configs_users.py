@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from fakeckpt import make_iter
 
 from hpc_eval.cli import main
+from support.fakeckpt import make_iter
 
 USERS = Path(__file__).parent / "configs" / "users"
 HPC_EVAL = str(Path(sys.executable).parent / "hpc-eval")

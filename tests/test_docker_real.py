@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeckpt import make_run
 
 from hpc_eval.launcher_tree import read_metrics
 from hpc_eval.payload import CLEANUP_BUDGET_S, kill_containers
 from slurm_helpers import CONFIGS, REPO, free_port, submit_json, wait_for_state, wait_until_gone_from_queue
+from support.fakeckpt import make_run
 
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 SCORE = "bfcl/python_simple_ast_non_live"

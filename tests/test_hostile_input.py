@@ -73,7 +73,7 @@ def test_every_unset_variable_is_its_own_line(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["--run", "--output-dir", "--task", "task", "checkpoint"])
 def test_line_breaks_are_refused_before_anything_is_claimed(tmp_path, monkeypatch, where):
-    from fakeckpt import make_run
+    from support.fakeckpt import make_run
 
     monkeypatch.setenv("STUB_URL", "http://127.0.0.1:9")
     output_dir = tmp_path / "evals"
@@ -148,7 +148,7 @@ def test_every_runtime_passes_a_hostile_checkpoint_path_as_one_word(tmp_path, ru
 
 
 def test_watch_refuses_a_run_directory_with_a_line_break(tmp_path, monkeypatch):
-    from fakeckpt import make_run
+    from support.fakeckpt import make_run
 
     monkeypatch.setenv("STUB_URL", "http://127.0.0.1:9")
     good = make_run(tmp_path / "good" / "checkpoints", [100])

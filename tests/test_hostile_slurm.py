@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
 
 from slurm_helpers import (
     CONFIGS,
@@ -23,6 +22,7 @@ from slurm_helpers import (
     wait_for_state,
     wait_until_gone_from_queue,
 )
+from support.fakeckpt import make_run
 
 pytestmark = pytest.mark.slurm
 

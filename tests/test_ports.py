@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeckpt import make_run
 
 from hpc_eval import listener
 from hpc_eval.config import load_config
 from hpc_eval.launcher_tree import server_failure, task_outcome
 from hpc_eval.ports import PortError, check_port, with_port
 from slurm_helpers import REPO, hpc_eval
+from support.fakeckpt import make_run
 
 
 def generic(command: str, port=1235, type_="generic") -> dict:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeckpt import make_run
 
 from hpc_eval.launcher_tree import read_metrics
 from slurm_helpers import CONFIGS, REPO, hpc_eval, submit_json, wait_for_state
+from support.fakeckpt import make_run
 
 RIGHT, WRONG = "[calculate_triangle_area(base=10, height=5)]", "[no_such_function(a=1)]"
 SCORES = {100: 25.0, 200: 0.0}
