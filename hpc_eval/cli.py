@@ -372,10 +372,15 @@ def split_dirs_and_overrides(arguments: tuple[str, ...]) -> tuple[list[str], lis
 @click.option("--loop", is_flag=True, help="Run a pass every --interval seconds instead of once (for tmux; cron needs no loop).")
 @click.option("--interval", type=float, default=300.0, show_default=True, help="Seconds between passes with --loop.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per pass.")
+@click.option("--quiet", "-q", is_flag=True, help="Hide the `skipped` lines (ended, cancelled, unreadable, claimed elsewhere).")
 @translate_errors
 def watch(arguments, config_name, tasks, output_dir, partition, account, time_limit, gpus, parallel,
-          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, as_json):
+          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, as_json, quiet):
     """One pass: submit each new complete checkpoint of the runs once, as one array.
+
+    Evaluations Slurm no longer knows (state LOST: purged from accounting, or the controller was
+    reset) are submitted again like TIMEOUT ones, up to --max-attempts; each evaluation left alone
+    gets one `skipped` line with the reason.
 
     \b
     Exit codes: 0 nothing to do or all submitted; 1 a submission failed; 2 usage or config
@@ -395,19 +400,21 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     options = watch_lib.WatchOptions(max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None)
     while True:
         result = watch_lib.watch_pass([Path(path) for path in run_dirs], base.for_checkpoint, settings, options)
-        print_pass(result, as_json)
+        print_pass(result, as_json, quiet)
         if not loop or result.stopped:
             break
         time.sleep(interval)
     sys.exit(result.exit_code)
 
 
-def print_pass(result, as_json: bool) -> None:
+def print_pass(result, as_json: bool, quiet: bool = False) -> None:
     if as_json:
         emit_json({"actions": [vars(action) for action in result.actions], "jobs": result.jobs, "stopped": result.stopped,
                    "already_running": result.already_running, "submit_error": result.submit_error, "exit_code": result.exit_code})
         return
     for action in result.actions:
+        if quiet and action.action == "skipped":
+            continue
         click.echo(f"{action.action:<11} {action.run} {action.iteration}  {action.eval_dir}  {action.detail}".rstrip())
     if result.stopped:
         click.echo(f"stopped: {result.stopped}")
