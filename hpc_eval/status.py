@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from hpc_eval import identity
 from hpc_eval.launcher_tree import task_logs
 from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
-from hpc_eval.store import EvalPaths, iter_evaluations
+from hpc_eval.store import EvalPaths, forget_warnings, iter_evaluations
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 # The payload sees the same SIGTERM for scancel and for Slurm's time limit: ask Slurm before trusting it.
@@ -54,6 +54,7 @@ class EvaluationStatus:
 
 def collect_status(roots: Iterable[Path]) -> list[EvaluationStatus]:
     """Every evaluation under the given output dirs (or run dirs, or evaluation dirs), reconciled."""
+    forget_warnings()
     evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
     return reconcile(evaluations)
 

@@ -268,7 +268,11 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data
 
 
-_warned: set[str] = set()
+_warned: set[str] = set()  # per command: status and watch clear it (forget_warnings) when they start
+
+
+def forget_warnings() -> None:
+    _warned.clear()
 
 
 def warn_bad_file(path: Path, why: str) -> None:

@@ -33,7 +33,7 @@ from hpc_eval.errors import HpcEvalError
 from hpc_eval.slurm import LIVE_STATES, check_feasible, require_slurm
 from hpc_eval.status import LOST, RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import (STALE_CLAIM_S, claim_attempt, EvalPaths, check_output_dir, completed_index, eval_dir,
-                             find_existing, index_entry, run_folder, run_of)
+                             find_existing, forget_warnings, index_entry, run_folder, run_of)
 from hpc_eval.submit import PlannedEvaluation, describe_os_error, prepare_all, release_unsubmitted, submit, write_request
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
@@ -96,6 +96,7 @@ def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], s
         return PassResult(stopped=f"stop file {stop_file} exists: remove it to resume watching")
     config = config_for(run_dirs[0])
     check_output_dir(config.output_dir)
+    forget_warnings()
     with pass_lock(config.output_dir, run_dirs) as locked:
         if not locked:
             return PassResult(already_running=True)
