@@ -399,7 +399,8 @@ def parse_sacct(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
     """`sacct -P -o JobID,State,ExitCode,Elapsed[,JobName]` lines -> the states of `job_ids`.
 
     An array's tasks that never started are folded into one line (`6_[0-499%32]`, `6_[1,3-5]`):
-    each task it covers gets that line's state, unless a line of its own says otherwise.
+    each task it covers gets that line's state, unless a line of its own says otherwise. An array
+    none of whose tasks ever started is one line under its bare id (`6`), which then covers them all.
     """
     states, folded = {}, {}
     for line in output.splitlines():
@@ -413,7 +414,8 @@ def parse_sacct(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
         for task in array_tasks(job) or [job]:
             (folded if task != job else states)[task] = parsed
     states = {**folded, **states}
-    return {job: states[job] for job in job_ids if job in states}
+    return {job: states.get(job) or states[job.split("_")[0]] for job in job_ids
+            if job in states or job.split("_")[0] in states}
 
 
 def array_tasks(job: str) -> list[str]:

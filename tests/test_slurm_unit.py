@@ -154,10 +154,12 @@ def test_folded_sacct_lines_expand_to_their_tasks_and_a_task_line_of_its_own_win
         "7_4|COMPLETED|0:0|00:00:09|hpc-eval:run:4ckpts",  # ran before the cancel
         "8_[2%1]|PENDING|0:0|00:00:00|x",
         "9_[a-b]|CANCELLED|0:0|00:00:00|x",  # not a task list: ignored
+        "10|CANCELLED by 0|0:0|00:00:00|x",  # an array cancelled before any task started: its bare id
     ])
-    states = parse_sacct(output, ["7_0", "7_1", "7_3", "7_4", "7_5", "8_2", "9_a"])
+    states = parse_sacct(output, ["7_0", "7_1", "7_3", "7_4", "7_5", "8_2", "9_a", "10_0", "10_7"])
     assert {job: state.state for job, state in states.items()} == {
-        "7_1": "CANCELLED", "7_3": "CANCELLED", "7_4": "COMPLETED", "7_5": "CANCELLED", "8_2": "PENDING"}
+        "7_1": "CANCELLED", "7_3": "CANCELLED", "7_4": "COMPLETED", "7_5": "CANCELLED", "8_2": "PENDING",
+        "10_0": "CANCELLED", "10_7": "CANCELLED"}
     assert states["7_1"].name == "hpc-eval:run:4ckpts"
     assert array_tasks("7_[1,3-5]") == ["7_1", "7_3", "7_4", "7_5"] and array_tasks("7_1") == []
 
