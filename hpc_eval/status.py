@@ -122,8 +122,8 @@ def is_ours(job: SlurmJobState, attempt: dict) -> bool:
 
     Records from before job_name was kept accept any hpc-eval job name.
     """
-    if not job.name:
-        return True  # an answer without names (an old parse): nothing to compare
+    if job.name in ("", "allocation"):
+        return True  # no name to compare; sacct says "allocation" for a second or two after a cancel
     recorded = attempt.get("job_name")
     return job.name == recorded if recorded else job.name.startswith("hpc-eval")
 
