@@ -141,11 +141,14 @@ def _discover(
     run_dir: Path, entries: Entries, select: str, wanted: Callable[[int], bool], options: Options
 ) -> Discovery:
     """Filter the scanned children by name and step first, then validate only those candidates."""
-    candidates = []
+    candidates, unreadable = [], []
     for name, entry in entries.items():
         match = ITER_NAME.match(name)
-        if match and wanted(int(match.group(1))) and entry.is_dir():
-            candidates.append((int(match.group(1)), entry))
+        try:
+            if match and wanted(int(match.group(1))) and entry.is_dir():
+                candidates.append((int(match.group(1)), entry))
+        except OSError as error:  # a symlink loop, no permission: that checkpoint is invalid, the rest go on
+            unreadable.append(Verdict(run_dir / name, ok=False, iteration=int(match.group(1)), reason=scan_error(run_dir / name, error)))
     tracker = _read_tracker(run_dir) if TRACKER_TXT in entries else None
     if select == "latest":
         # The tracker's iteration first, then the rest from the highest step down.
@@ -153,7 +156,7 @@ def _discover(
     else:
         candidates.sort(key=lambda candidate: candidate[0])
     options = replace(options, tracker=tracker)
-    valid, invalid = [], []
+    valid, invalid = [], unreadable
     for _, entry in candidates:
         verdict = _check_child(run_dir / entry.name, options)
         (valid if verdict.ok else invalid).append(verdict)

@@ -229,10 +229,15 @@ def logs(target, roots, follow, fmt):
 @click.option("--loop", is_flag=True, help="Run a pass every --interval seconds instead of once (for tmux; cron needs no loop).")
 @click.option("--interval", type=float, default=300.0, show_default=True, help="Seconds between passes with --loop.")
 @format_option
+@click.option("--quiet", "-q", is_flag=True, help="Hide the `skipped` lines (ended, cancelled, unreadable, claimed elsewhere).")
 @translate_errors
 def watch(arguments, config_name, tasks, output_dir, partition, account, time_limit, gpus, parallel,
-          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, fmt):
+          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, fmt, quiet):
     """One pass: submit each new complete checkpoint of the runs once, as one array.
+
+    Evaluations Slurm no longer knows (state LOST: purged from accounting, or the controller was
+    reset) are submitted again like TIMEOUT ones, up to --max-attempts; each evaluation left alone
+    gets one `skipped` line with the reason.
 
     \b
     Exit codes: 0 nothing to do or all submitted; 1 a submission failed; 2 usage or config
@@ -245,7 +250,7 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     for result in api.watch(run_dirs, config_name, overrides, tasks=tasks, output_dir=output_dir, options=options,
                             slurm=slurm_cli_overrides(partition, account, time_limit, gpus, parallel),
                             interval=interval if loop else None):
-        output.show_pass(result, fmt)
+        output.show_pass(result, fmt, quiet)
     sys.exit(result.exit_code)
 
 

@@ -176,7 +176,7 @@ def note_rewritten() -> None:
 # ---- watch
 
 
-def show_pass(result, fmt: str) -> None:
+def show_pass(result, fmt: str, quiet: bool = False) -> None:
     if fmt == "json":
         emit_json({"actions": [vars(action) for action in result.actions], "jobs": result.jobs, "stopped": result.stopped,
                    "already_running": result.already_running, "submit_error": result.submit_error, "exit_code": result.exit_code})
@@ -185,6 +185,8 @@ def show_pass(result, fmt: str) -> None:
         click.echo(render([vars(action) for action in result.actions], WATCH_COLUMNS, fmt))
         return
     for action in result.actions:
+        if quiet and action.action == "skipped":
+            continue
         click.echo(f"{action.action:<11} {action.run} {action.iteration}  {action.eval_dir}  {action.detail}".rstrip())
     if result.stopped:
         click.echo(f"stopped: {result.stopped}")

@@ -2,13 +2,16 @@
 sbatch / squeue / sacct / scontrol call and parse.
 
 `SlurmSettings` is built and checked when a config loads, so a bad value stops the command before
-anything is claimed. The queries never raise: when Slurm cannot answer, `status` says UNKNOWN.
+anything is claimed; `check_feasible` then asks `sinfo` (once per command) whether the partition
+has a node that can hold the request. The queries never raise: they return None when Slurm cannot
+answer, and `status` then says UNKNOWN (never LOST).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -200,6 +203,95 @@ def max_array_size() -> int:
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
+@dataclass(frozen=True)
+class Node:
+    """One node of one partition, as `sinfo -N` lists it."""
+
+    partition: str
+    name: str
+    cpus: int
+    memory_mb: int
+    gres: str
+    default: bool = False
+
+    def gpus(self, kind: str | None = None) -> int:
+        """GPUs in the node's GRES (`gpu:2`, `gpu:a100:4(S:0-1)`), of `kind` when given."""
+        total = 0
+        for item in self.gres.split(","):
+            parts = item.split("(")[0].split(":")
+            if parts[0] == "gpu" and parts[-1].isdigit() and (kind is None or (len(parts) == 3 and parts[1] == kind)):
+                total += int(parts[-1])
+        return total
+
+
+@functools.lru_cache(maxsize=1)
+def cluster_nodes() -> tuple[Node, ...] | None:
+    """Every (partition, node) from one `sinfo` call, cached for the command; None without an answer."""
+    output = run_quietly(["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"])
+    return None if output is None else parse_sinfo(output)
+
+
+def parse_sinfo(output: str) -> tuple[Node, ...]:
+    nodes = []
+    for line in output.splitlines():
+        parts = line.split("|")
+        if len(parts) != 5 or not parts[2].strip().isdigit():
+            continue
+        partition, name, cpus, memory, gres = (part.strip() for part in parts)
+        nodes.append(Node(partition.rstrip("*"), name, int(cpus), int(memory.rstrip("+")) if memory.rstrip("+").isdigit() else 0,
+                          gres, partition.endswith("*")))
+    return tuple(nodes)
+
+
+MEMORY_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def memory_mb(value: str | int | None) -> int:
+    """slurm.mem in megabytes (Slurm's unit when none is given); 0 for none (0 also means "all of it")."""
+    if value in (None, ""):
+        return 0
+    text = str(value).upper()
+    unit = text[-1] if text[-1] in MEMORY_UNITS_MB else "M"
+    return int(int(text.rstrip("KMGT")) * MEMORY_UNITS_MB[unit])
+
+
+def check_feasible(settings: SlurmSettings, nodes: tuple[Node, ...] | None = None) -> None:
+    """Refuse a request no node of its partition can ever hold (it would pend forever).
+
+    Raises:
+        ConfigError: the partition does not exist, or no node has the CPUs, memory or GPUs asked for.
+    """
+    nodes = cluster_nodes() if nodes is None else nodes
+    if not nodes:
+        return  # Slurm did not answer: sbatch will say why
+    partitions = settings.partition.split(",") if settings.partition else sorted({n.partition for n in nodes if n.default})
+    label = settings.partition or (partitions[0] if partitions else "(default)")
+    members = [node for node in nodes if node.partition in partitions]
+    if not members:
+        names = ", ".join(sorted({node.partition for node in nodes}))
+        raise ConfigError(f"slurm.partition={settings.partition}: no such partition on this cluster (it has {names}); set slurm.partition"
+                          if settings.partition else "no default partition on this cluster; set slurm.partition")
+    kind, _, count = str(settings.gpus_per_node).rpartition(":")
+    wanted = [("cpus_per_task", settings.cpus_per_task, "CPUs", lambda node: node.cpus),
+              ("mem", memory_mb(settings.mem), "MB of memory", lambda node: node.memory_mb),
+              ("gpus_per_node", int(count), f"{kind} GPUs" if kind else "GPUs", lambda node: node.gpus(kind or None))]
+    for key, amount, unit, has in wanted:
+        largest = max(has(node) for node in members)
+        if amount > largest:
+            raise ConfigError(f"slurm.{key}={getattr(settings, key)} but the largest node of partition {label} has "
+                              f"{largest} {unit}; set slurm.{key}")
+    fitting = {node.name for node in members if all(has(node) >= amount for _, amount, _, has in wanted)}
+    if len(fitting) < settings.nodes:
+        raise ConfigError(f"slurm.nodes={settings.nodes} but partition {label} has {len(fitting)} node(s) that can hold "
+                          f"{settings.cpus_per_task} CPUs, {settings.mem or 'any'} memory and {settings.gpus_per_node} GPUs together; "
+                          "set slurm.nodes or the request")
+
+
+def cancel(job_ids: list[str]) -> None:
+    """scancel our own jobs (one that could not be recorded must not run); never raises."""
+    run_quietly(["scancel", *base_job_ids(job_ids)])
+
+
 def make_executor(folder: Path, settings: SlurmSettings, job_name: str):
     """A submitit SlurmExecutor (never the local fallback of AutoExecutor)."""
     import submitit
@@ -270,6 +362,7 @@ class SlurmJobState:
     state: str
     elapsed: str = ""
     reason: str = ""
+    name: str = ""  # the job's name, to tell ours from another job that got the same id after a reset
 
 
 def base_job_ids(job_ids: Iterable[str]) -> list[str]:
@@ -277,35 +370,40 @@ def base_job_ids(job_ids: Iterable[str]) -> list[str]:
     return sorted({job.split("_")[0] for job in job_ids})
 
 
-def query_squeue(job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """Live jobs among `job_ids` (array tasks one per line), in one squeue call."""
+def query_squeue(job_ids: list[str]) -> dict[str, SlurmJobState] | None:
+    """Live jobs among `job_ids` (array tasks one per line), in one squeue call; None without an answer."""
     if not job_ids:
         return {}
-    output = run_quietly(["squeue", "-h", "-r", "-o", "%i|%T|%M|%r", "-j", ",".join(base_job_ids(job_ids))])
-    return parse_squeue(output, job_ids)
+    output = run_quietly(["squeue", "-h", "-r", "-o", "%i|%T|%M|%r|%j", "-j", ",".join(base_job_ids(job_ids))])
+    return None if output is None else parse_squeue(output, job_ids)
 
 
 def parse_squeue(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """`squeue -o %i|%T|%M|%r` lines -> the live states of `job_ids`."""
+    """`squeue -o %i|%T|%M|%r|%j` lines -> the live states of `job_ids`."""
     states = {}
     for line in output.splitlines():
-        job, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
-        states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip())
+        job, state, elapsed, reason, name = (line.split("|", 4) + ["", "", "", ""])[:5]
+        states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip(), name.strip())
     # With -j, squeue also shows jobs that just ended; their final word comes from sacct.
     return {job: states[job] for job in job_ids if job in states and states[job].state in LIVE_STATES}
 
 
-def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """Final (or last known) states of `job_ids` from accounting, in one sacct call."""
+def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState] | None:
+    """Final (or last known) states of `job_ids` from accounting, in one sacct call; None without an answer."""
     if not job_ids:
         return {}
-    output = run_quietly(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed", "-j", ",".join(base_job_ids(job_ids))])
-    return parse_sacct(output, job_ids)
+    output = run_quietly(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed,JobName", "-j", ",".join(base_job_ids(job_ids))])
+    return None if output is None else parse_sacct(output, job_ids)
 
 
 def parse_sacct(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
-    """`sacct -P -o JobID,State,ExitCode,Elapsed` lines -> the states of `job_ids`."""
-    states = {}
+    """`sacct -P -o JobID,State,ExitCode,Elapsed[,JobName]` lines -> the states of `job_ids`.
+
+    An array's tasks that never started are folded into one line (`6_[0-499%32]`, `6_[1,3-5]`):
+    each task it covers gets that line's state, unless a line of its own says otherwise. An array
+    none of whose tasks ever started is one line under its bare id (`6`), which then covers them all.
+    """
+    states, folded = {}, {}
     for line in output.splitlines():
         parts = line.split("|")
         if len(parts) < 4:
@@ -313,13 +411,36 @@ def parse_sacct(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
         job, state, exit_code, elapsed = parts[:4]
         word = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         reason = state if word != state else (f"exit code {exit_code}" if word == "FAILED" else "")
-        states[job] = SlurmJobState(word.rstrip("+"), elapsed, reason)
-    return {job: states[job] for job in job_ids if job in states}
+        parsed = SlurmJobState(word.rstrip("+"), elapsed, reason, "|".join(parts[4:]))
+        for task in array_tasks(job) or [job]:
+            (folded if task != job else states)[task] = parsed
+    states = {**folded, **states}
+    return {job: states.get(job) or states[job.split("_")[0]] for job in job_ids
+            if job in states or job.split("_")[0] in states}
 
 
-def run_quietly(command: list[str]) -> str:
-    """A Slurm query's stdout; empty when Slurm cannot answer (status then says UNKNOWN)."""
+def array_tasks(job: str) -> list[str]:
+    """The task ids a folded sacct array line covers (`6_[0-2,5%32]` -> 6_0 6_1 6_2 6_5); [] for other ids."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job)
+    if not match:
+        return []
+    tasks = []
+    for piece in match.group(2).split(","):
+        first, _, last = piece.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            tasks += [f"{match.group(1)}_{index}" for index in range(int(first), int(last or first) + 1)]
+    return tasks
+
+
+def run_quietly(command: list[str]) -> str | None:
+    """A Slurm command's stdout; None when Slurm cannot answer (status then says UNKNOWN).
+
+    squeue fails with "Invalid job id" when none of the ids it is asked about is live: an answer.
+    """
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
+        return None
+    if done.returncode != 0 and "Invalid job id" not in done.stderr:
+        return None
+    return done.stdout

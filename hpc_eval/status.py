@@ -1,8 +1,11 @@
 """Reconcile evaluation records with Slurm: one row per evaluation.
 
 The state of an evaluation comes from its summary.json when the payload wrote a final one for
-the latest attempt, else from `squeue` for live jobs, else from `sacct`, else "UNKNOWN". However
-many evaluations there are, a call makes at most one `squeue` and one `sacct` call.
+the latest attempt, else from `squeue` for live jobs, else from `sacct`. Slurm's answer counts only
+while it names our job (the job name recorded at submission): after a controller reset ids start
+again at 1 and may name someone else's job. A job Slurm answered about but does not know (or knows
+as another job) is LOST, once its submission is LOST_GRACE_S old; without an answer it is UNKNOWN.
+However many evaluations there are, a call makes at most one `squeue` and one `sacct` call.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hpc_eval import identity
 from hpc_eval.launcher_tree import task_logs
 from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
-from hpc_eval.store import EvalPaths, iter_evaluations
+from hpc_eval.store import EvalPaths, forget_warnings, iter_evaluations
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 # The payload sees the same SIGTERM for scancel and for Slurm's time limit: ask Slurm before trusting it.
@@ -24,6 +28,8 @@ ASK_SLURM_SUMMARY_STATES = {"CANCELLED"}
 # Ended by the cluster, not by the evaluation or a user: worth submitting again.
 RETRYABLE_STATES = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
 UNSUBMITTED = "UNSUBMITTED"  # claimed, but no sbatch recorded (the pass may have died in between)
+LOST = "LOST"  # Slurm answered and knows no job of ours by the recorded id: `watch` submits it again
+LOST_GRACE_S = 60  # sacct can lag a submission; squeue forgets an ended job before sacct has it
 
 
 @dataclass
@@ -49,6 +55,7 @@ class EvaluationStatus:
 
 def collect_status(roots: Iterable[Path]) -> list[EvaluationStatus]:
     """Every evaluation under the given output dirs (or run dirs, or evaluation dirs), reconciled."""
+    forget_warnings()
     evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
     return reconcile(evaluations)
 
@@ -58,8 +65,10 @@ def reconcile(evaluations: list[EvalPaths]) -> list[EvaluationStatus]:
     pending_ids = [attempts[-1]["slurm_job_id"] for _, _, attempts, summary in records
                    if attempts and not summary_is_final(summary, attempts[-1])]
     live = query_squeue(pending_ids)
-    ended = query_sacct([job for job in pending_ids if job not in live])
-    rows = [row_for(paths, request, attempts, summary, live, ended) for paths, request, attempts, summary in records]
+    ended = query_sacct([job for job in pending_ids if job not in (live or {})])
+    answered = live is not None and ended is not None
+    rows = [row_for(paths, request, attempts, summary, live or {}, ended or {}, answered)
+            for paths, request, attempts, summary in records]
     rows.sort(key=lambda row: (row.run, row.run_dir or "", row.iteration if row.iteration is not None else -1, row.config_hash))
     return rows
 
@@ -74,9 +83,12 @@ def summary_is_for(summary: dict | None, attempt: dict) -> bool:
 
 
 def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict | None,
-            live: dict[str, SlurmJobState], ended: dict[str, SlurmJobState]) -> EvaluationStatus:
+            live: dict[str, SlurmJobState], ended: dict[str, SlurmJobState], answered: bool = True) -> EvaluationStatus:
     job_id = attempts[-1]["slurm_job_id"] if attempts else None
     reason, elapsed = "", ""
+    foreign = [where[job_id].name for where in (live, ended) if job_id in where and not is_ours(where[job_id], attempts[-1])]
+    if foreign:
+        live, ended = {}, {}  # the id names another job now: Slurm knows nothing of ours
     if not attempts:
         state = UNSUBMITTED
     elif summary_is_final(summary, attempts[-1]):
@@ -91,6 +103,10 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
     elif summary_is_for(summary, attempts[-1]) and summary.get("state") in ASK_SLURM_SUMMARY_STATES:
         state, reason = summary["state"], summary.get("reason", "")  # Slurm no longer knows the job
         elapsed = format_seconds(summary.get("duration_s"))
+    elif answered and age_s(attempts[-1].get("submitted_at")) > LOST_GRACE_S:
+        state = LOST
+        reason = (f"job id {job_id} now names another job ({foreign[0]})" if foreign
+                  else f"Slurm knows no job {job_id} (purged, or the controller was reset)")
     else:
         state = "UNKNOWN"
     return EvaluationStatus(
@@ -100,6 +116,25 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
         created_at=request.get("created_at", ""), run_dir=evaluated_run_dir(request),
         checkpoint_changed=identity.changed_since(request.get("fingerprint"), request.get("checkpoint")),
     )
+
+
+def is_ours(job: SlurmJobState, attempt: dict) -> bool:
+    """Whether the job Slurm reports under a recorded id is the one we submitted (by its name).
+
+    Records from before job_name was kept accept any hpc-eval job name.
+    """
+    if job.name in ("", "allocation"):
+        return True  # no name to compare; sacct says "allocation" for a second or two after a cancel
+    recorded = attempt.get("job_name")
+    return job.name == recorded if recorded else job.name.startswith("hpc-eval")
+
+
+def age_s(timestamp: str | None) -> float:
+    """Seconds since a recorded `now_iso` time; 0 when there is none (never old enough to be LOST)."""
+    try:
+        return time.time() - datetime.strptime(timestamp or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def evaluated_run_dir(request: dict) -> str | None:
@@ -128,7 +163,7 @@ def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
         return EvalPaths(path)
     evaluations = [paths for root in roots for paths in iter_evaluations(Path(root))]
     for paths in evaluations:
-        if any(attempt["slurm_job_id"] == target for attempt in paths.read_attempts()):
+        if any(attempt.get("slurm_job_id") == target for attempt in paths.read_attempts()):
             return paths
     run, _, step = target.partition(":")
     step = step.removeprefix("iter_")

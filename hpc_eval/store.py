@@ -13,7 +13,9 @@ evaluated when their request.json names the same checkpoint.
 
 Creating the directory with `mkdir` claims the evaluation (atomic on POSIX and network file
 systems), so two passes cannot submit the same checkpoint twice and no database is needed.
-Every write goes through a temp file and `os.replace`, because other passes read while we write.
+Every write goes through a temp file, fsync and `os.replace`, because other passes read while we
+write and a crash (or a full disk) must leave the old file or the new one, never half of one.
+Readers warn about a file they cannot parse (one line on stderr) and go on without it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import identity
+from hpc_eval.errors import ConfigError
 
 # Parent directories that name the checkpoint folder of a run rather than the run itself.
 CHECKPOINT_FOLDER_NAMES = {"checkpoints", "checkpoint", "ckpt", "ckpts"}
@@ -70,22 +75,43 @@ class EvalPaths:
         return self.root / "payload_state.json"
 
     def read_request(self) -> dict[str, Any]:
-        return read_json(self.request) or {}
+        return read_record(self.request) or {}
 
     def read_summary(self) -> dict[str, Any] | None:
-        return read_json(self.summary)
+        return read_record(self.summary)
 
     def read_attempts(self) -> list[dict[str, Any]]:
-        """One record per submission of this evaluation, oldest first."""
+        """One record per submission of this evaluation, oldest first; a torn or garbled line is skipped."""
         try:
-            lines = self.slurm_record.read_text().splitlines()
+            lines = self.slurm_record.read_bytes().decode(errors="replace").splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        except OSError as error:
+            warn_bad_file(self.slurm_record, error.strerror or str(error))
+            return []
+        attempts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = "bad"
+            if record is None:
+                continue
+            if not isinstance(record, dict) or "slurm_job_id" not in record:
+                warn_bad_file(self.slurm_record, f"line {number} is not a submission record")
+                continue
+            attempts.append(record)
+        return attempts
 
     def record_attempt(self, record: dict[str, Any]) -> None:
-        with open(self.slurm_record, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        """Add a submission to slurm.json: the whole file written again (temp + fsync + rename)."""
+        try:
+            old = self.slurm_record.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        if old and not old.endswith(b"\n"):
+            old = old[:old.rfind(b"\n") + 1]  # drop a torn last line rather than glue a record to it
+        write_bytes(self.slurm_record, old + (json.dumps(record, sort_keys=True) + "\n").encode())
 
 
 def run_name(checkpoint: Path | None, fallback: str) -> str:
@@ -152,6 +178,16 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", name) or "_"
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an output dir that exists as a file (or under a file) before anything is claimed."""
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"output_dir {output_dir}: {folder} is a file, not a directory; set output_dir "
+                                  "(config key, override or --output-dir) to a directory")
+            return
+
+
 def claim(directory: Path) -> bool:
     """Create the evaluation directory; False when it already exists (someone claimed it)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -165,39 +201,86 @@ def claim(directory: Path) -> bool:
 STALE_CLAIM_S = 300  # a submission takes seconds between its claim and sbatch; five minutes means it died
 
 
-def claim_attempt(paths: EvalPaths) -> bool:
+def claim_attempt(paths: EvalPaths) -> Path | None:
     """Claim the next submission of an existing evaluation (`.attempt-<k>`, made with mkdir).
 
     Two passes retrying the same evaluation: one wins. A marker left by a pass that died before
-    it recorded its attempt is taken over once it is older than STALE_CLAIM_S.
+    it recorded its attempt is taken over once it is older than STALE_CLAIM_S. Returns the marker
+    (for `release`), or None when another pass holds the claim.
     """
     attempt = len(paths.read_attempts()) + 1
     for takeover in range(1000):
         marker = paths.root / (f".attempt-{attempt}" + (f".{takeover}" if takeover else ""))
         try:
             marker.mkdir()
-            return True
+            return marker
         except FileExistsError:
             try:
                 if time.time() - marker.stat().st_mtime < STALE_CLAIM_S:
-                    return False  # another pass is submitting it now
+                    return None  # another pass is submitting it now
             except FileNotFoundError:
                 pass
-    return False
+    return None
 
 
-def write_json(path: Path, data: Any) -> None:
+def release(claimed: Path) -> None:
+    """Give back a claim whose sbatch never happened (an evaluation dir we made, or an .attempt marker),
+    so that the next submit or watch submits it at once instead of skipping it."""
+    shutil.rmtree(claimed, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode(), durable=durable)
+
+
+def write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Temp file, fsync (unless a throwaway preview), rename; on any error no temp file is left."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
+    """The parsed file; None when it is missing, or unreadable or not JSON (with a one-line warning)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:
+        warn_bad_file(path, getattr(error, "strerror", None) or f"not valid JSON ({error})")
+        return None
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record file's JSON object; None (with a warning) when it holds anything else."""
+    data = read_json(path)
+    if data is not None and not isinstance(data, dict):
+        warn_bad_file(path, "not a JSON object")
+        return None
+    return data
+
+
+_warned: set[str] = set()  # per command: status and watch clear it (forget_warnings) when they start
+
+
+def forget_warnings() -> None:
+    _warned.clear()
+
+
+def warn_bad_file(path: Path, why: str) -> None:
+    """One line on stderr per bad record file per command; the reader goes on with the rest."""
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        print(f"warning: {path}: {why}; skipped", file=sys.stderr)
 
 
 def now_iso() -> str:

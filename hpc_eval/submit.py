@@ -3,6 +3,10 @@
 `plan` turns a config and checkpoints into evaluation directories (claimed with mkdir) or skip
 reasons; `submit` sends every planned evaluation in one `sbatch` (a job array when there are
 several, split only where the cluster's MaxArraySize demands it) and records each attempt.
+
+Only what is submitted stays claimed: when saving, sbatch or the record fails, every claim without
+a recorded sbatch is released (so the same command submits it again) and a job that could not be
+recorded is cancelled (so nothing runs unrecorded).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from hpc_eval import __version__, identity
 from hpc_eval.config import EvalConfig, save_launcher_config
 from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.deployments import check_checkpoints
-from hpc_eval.errors import CheckpointError
+from hpc_eval.errors import CheckpointError, HpcEvalError, SubmitError
 from hpc_eval.slurm import (
     SlurmSettings,
+    cancel,
+    check_feasible,
     make_executor,
     max_array_size,
     outer_job_hidden,
@@ -31,7 +37,18 @@ from hpc_eval.slurm import (
     settings_from,
     submit_errors,
 )
-from hpc_eval.store import EvalPaths, claim, claim_attempt, eval_dir, find_existing, now_iso, run_name, write_json
+from hpc_eval.store import (
+    EvalPaths,
+    check_output_dir,
+    claim,
+    claim_attempt,
+    eval_dir,
+    find_existing,
+    now_iso,
+    release,
+    run_name,
+    write_json,
+)
 
 
 @dataclass
@@ -45,6 +62,7 @@ class PlannedEvaluation:
     action: str = "submit"  # or "skip"
     reason: str = ""
     fingerprint: dict[str, Any] | None = None  # identity.fingerprint of the checkpoint when planned
+    claimed: Path | None = None  # what this pass claimed (eval dir or .attempt marker) until its sbatch is recorded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,16 +122,55 @@ def plan(config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run:
 def prepare(config: EvalConfig, evaluation: PlannedEvaluation, *, force: bool = False) -> bool:
     """Claim the evaluation directory and write its request and launcher config.
 
-    Returns False when another pass claimed it first.
+    Returns False when another pass claimed it first. Raises OSError (a full disk...) with the
+    claim released.
     """
-    if not claim(evaluation.paths.root) and not force:
+    if claim(evaluation.paths.root):
+        evaluation.claimed = evaluation.paths.root
+    elif not force:
         evaluation.action, evaluation.reason = "skip", f"claimed by another submission: {evaluation.paths.root}"
         return False
-    write_request(config, evaluation)
+    try:
+        write_request(config, evaluation)
+    except OSError:
+        release_unsubmitted([evaluation])
+        raise
     return True
 
 
-def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
+def prepare_all(config_for, evaluations: list[PlannedEvaluation], *, force: bool = False) -> list[PlannedEvaluation]:
+    """`prepare` each (config_for(checkpoint) gives its config); the claimed ones.
+
+    Raises:
+        SubmitError: saving failed (a full disk or quota): every claim made here is released.
+    """
+    ready: list[PlannedEvaluation] = []
+    for evaluation in evaluations:
+        try:
+            if prepare(config_for(evaluation.checkpoint), evaluation, force=force):
+                ready.append(evaluation)
+        except OSError as error:
+            released = release_unsubmitted(ready)
+            raise SubmitError(f"{describe_os_error(error)} while saving evaluation {len(ready) + 1} of {len(evaluations)}; "
+                              f"nothing submitted, {released + 1} claim(s) released: free space and run the same command again") from None
+    return ready
+
+
+def release_unsubmitted(evaluations: list[PlannedEvaluation]) -> int:
+    """Release the claims of evaluations with no recorded sbatch; how many were released."""
+    released = 0
+    for evaluation in evaluations:
+        if evaluation.claimed is not None:
+            release(evaluation.claimed)
+            evaluation.claimed, released = None, released + 1
+    return released
+
+
+def describe_os_error(error: OSError) -> str:
+    return f"{error.filename}: {error.strerror}" if error.filename else (error.strerror or str(error))
+
+
+def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, durable: bool = True) -> None:
     config_for_job = config
     if evaluation.checkpoint is not None and config.checkpoint_path != str(evaluation.checkpoint):
         config_for_job = config.for_checkpoint(evaluation.checkpoint)
@@ -133,7 +190,7 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
         "slurm": config.slurm.as_dict(),  # so that a later resubmission asks for the same resources
         "hpc_eval_version": __version__,
         "created_at": now_iso(),
-    })
+    }, durable=durable)
 
 
 def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
@@ -141,9 +198,25 @@ def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, arr
 
     Raises:
         SlurmUnavailable: sbatch is not on PATH.
-        SubmitError: sbatch failed.
+        SubmitError: sbatch, saving or recording failed; every claim without a recorded sbatch is
+            released, and a job that could not be recorded is cancelled.
     """
     require_slurm()
+    submitted: list[SubmittedJob] = []
+    try:
+        send(evaluations, settings, array_folder_root, submitted)
+    except (HpcEvalError, OSError) as error:
+        released = release_unsubmitted(evaluations)
+        reason = describe_os_error(error) if isinstance(error, OSError) else str(error)
+        done = sum(len(batch.task_ids) for batch in submitted)
+        raise SubmitError(f"{reason}; {done} evaluation(s) submitted" + (f" (job {', '.join(b.job_id for b in submitted)})" if submitted else "")
+                          + (f", {released} claim(s) released: the same command submits them again" if released else "")) from None
+    return submitted
+
+
+def send(evaluations: list[PlannedEvaluation], settings: SlurmSettings, array_folder_root: Path,
+         submitted: list[SubmittedJob]) -> None:
+    """sbatch and record each batch; `submitted` holds the recorded ones when this raises."""
     from hpc_eval.payload import Evaluation
 
     if len(evaluations) == 1:
@@ -151,23 +224,20 @@ def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, arr
         executor = make_executor(only.paths.submitit, settings, job_label(only))
         with outer_job_hidden(), submit_errors():
             job = executor.submit(Evaluation(), str(only.paths.root))
-        submitted = [SubmittedJob(job.job_id, [job.job_id], only.paths.submitit, [only])]
-    else:
-        submitted = []
-        cluster_limit = max_array_size()
-        chunk = min(settings.max_array_size or cluster_limit, cluster_limit)
-        for start in range(0, len(evaluations), chunk):
-            part = evaluations[start:start + chunk]
-            array_folder_root.mkdir(parents=True, exist_ok=True)  # mkdtemp: unique even for two submissions in one second
-            folder = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}-", dir=array_folder_root))
-            executor = make_executor(folder, settings, array_label(part))
-            write_json_manifest(folder, part)
-            with outer_job_hidden(), submit_errors():
-                jobs = executor.map_array(Evaluation(), [str(ev.paths.root) for ev in part])
-            submitted.append(SubmittedJob(jobs[0].job_id.split("_")[0], [job.job_id for job in jobs], folder, part))
-    for batch in submitted:
-        record_attempts(batch)
-    return submitted
+        record_attempts(SubmittedJob(job.job_id, [job.job_id], only.paths.submitit, [only]), job_label(only), submitted)
+        return
+    cluster_limit = max_array_size()
+    chunk = min(settings.max_array_size or cluster_limit, cluster_limit)
+    for start in range(0, len(evaluations), chunk):
+        part = evaluations[start:start + chunk]
+        array_folder_root.mkdir(parents=True, exist_ok=True)  # mkdtemp: unique even for two submissions in one second
+        folder = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}-", dir=array_folder_root))
+        executor = make_executor(folder, settings, array_label(part))
+        write_json_manifest(folder, part)
+        with outer_job_hidden(), submit_errors():
+            jobs = executor.map_array(Evaluation(), [str(ev.paths.root) for ev in part])
+        batch = SubmittedJob(jobs[0].job_id.split("_")[0], [job.job_id for job in jobs], folder, part)
+        record_attempts(batch, array_label(part), submitted)
 
 
 def write_json_manifest(folder: Path, part: list[PlannedEvaluation]) -> None:
@@ -176,12 +246,24 @@ def write_json_manifest(folder: Path, part: list[PlannedEvaluation]) -> None:
     write_json(folder / "manifest.json", [{"index": index, **ev.to_dict()} for index, ev in enumerate(part)])
 
 
-def record_attempts(batch: SubmittedJob) -> None:
-    for task_id, evaluation in zip(batch.task_ids, batch.evaluations):
-        evaluation.paths.record_attempt({
-            "slurm_job_id": task_id, "submitted_at": now_iso(), "submitit_folder": str(batch.folder),
-            **batch.log_paths(task_id),
-        })
+def record_attempts(batch: SubmittedJob, job_name: str, submitted: list[SubmittedJob]) -> None:
+    """Record each task in its slurm.json; when one cannot be written, cancel the whole batch.
+
+    `job_name` is recorded so that status trusts Slurm's answer for this id only while it names
+    our job (ids start again at 1 after a controller reset).
+    """
+    try:
+        for task_id, evaluation in zip(batch.task_ids, batch.evaluations):
+            evaluation.paths.record_attempt({
+                "slurm_job_id": task_id, "submitted_at": now_iso(), "submitit_folder": str(batch.folder),
+                "job_name": job_name, **batch.log_paths(task_id),
+            })
+    except OSError as error:
+        cancel([batch.job_id])
+        raise SubmitError(f"could not record job {batch.job_id}: {describe_os_error(error)}; cancelled it so that nothing runs unrecorded") from None
+    for evaluation in batch.evaluations:
+        evaluation.claimed = None
+    submitted.append(batch)
 
 
 def job_label(evaluation: PlannedEvaluation) -> str:
@@ -294,6 +376,7 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
     for checkpoint, _ in choice.valid:
         refuse_line_breaks(str(checkpoint), "checkpoint path")
     check_checkpoints(config.launcher, [checkpoint for checkpoint, _ in choice.valid], config.source)
+    check_output_dir(config.output_dir)
     evaluations = plan(config, choice.valid, run=run, force=force)
     result = SubmitResult(evaluations, choice.invalid, [], dry_run)
     if dry_run:
@@ -301,13 +384,14 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
         for ev in result.to_submit:
             ev.paths = EvalPaths(preview_root / ev.paths.root.relative_to(config.output_dir))
             ev.paths.root.mkdir(parents=True)
-            write_request(config, ev)
+            write_request(config, ev, durable=False)
         folder = result.to_submit[0].paths.submitit if len(result.to_submit) == 1 else preview_root / ".arrays" / "preview"
         result.sbatch_script = sbatch_preview(settings, folder, batch_label(result.to_submit), len(result.to_submit))
         return result
     if result.to_submit:
         require_slurm()
-    ready = [ev for ev in result.to_submit if prepare(config, ev, force=force)]
+        check_feasible(settings)
+    ready = prepare_all(lambda _: config, result.to_submit, force=force)
     if ready:
         result.jobs = submit(ready, settings, array_folder_root=config.output_dir / ".arrays")
     return result
@@ -336,14 +420,20 @@ def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None 
         SlurmUnavailable, SubmitError: as `submit`.
     """
     require_slurm()
-    claimed = [paths for paths in evaluations if claim_attempt(paths)]
-    if not claimed:
+    if not evaluations:
         return []
+    first = evaluations[0]
+    settings = settings_from(first.read_request().get("slurm") or {}, cli_overrides, first.request)
+    check_feasible(settings)
     planned = []
-    for paths in claimed:
+    for paths in evaluations:
+        marker = claim_attempt(paths)
+        if marker is None:
+            continue
         request = paths.read_request()
         checkpoint = Path(request["checkpoint"]) if request.get("checkpoint") else None
-        planned.append(PlannedEvaluation(paths, request.get("run", paths.root.parent.parent.name), checkpoint, request.get("iteration")))
-    first = claimed[0]
-    settings = settings_from(first.read_request().get("slurm") or {}, cli_overrides, first.request)
+        planned.append(PlannedEvaluation(paths, request.get("run", paths.root.parent.parent.name), checkpoint,
+                                         request.get("iteration"), claimed=marker))
+    if not planned:
+        return []
     return submit(planned, settings, array_folder_root=first.root.parent.parent.parent / ".arrays")

@@ -6,10 +6,13 @@ Safe to run every few minutes forever, from crontab or scrontab, on several logi
   * a per-run `.completed-<hash>/` folder lists the checkpoints already evaluated, each with its
     `.metadata` stat (`iter_…@<size>-<mtime_ns>`), so a pass costs one directory scan and one stat
     per checkpoint plus work for the new, rewritten and unfinished checkpoints only;
-  * evaluations the cluster ended (TIMEOUT, PREEMPTED, NODE_FAIL, BOOT_FAIL) are submitted again
-    up to `max_attempts`; FAILED and CANCELLED only with `retry_failed`;
+  * evaluations the cluster ended (TIMEOUT, PREEMPTED, NODE_FAIL, BOOT_FAIL) or that Slurm no
+    longer knows (LOST) are submitted again up to `max_attempts`; FAILED and CANCELLED only with
+    `retry_failed`; every other ended evaluation gets a `skipped` line saying why;
   * a claim whose sbatch never happened (the pass died in between) is submitted again once it is
-    older than STALE_CLAIM_S.
+    older than STALE_CLAIM_S (a failed sbatch releases its claim at once: see submit.submit);
+  * a checkpoint or run dir that cannot be read (a symlink loop, no permission) is skipped with
+    its reason, and the pass goes on with the rest.
 """
 
 from __future__ import annotations
@@ -28,20 +31,29 @@ from hpc_eval import checkpoint as ckpt
 from hpc_eval import identity
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
-from hpc_eval.slurm import require_slurm
-from hpc_eval.status import RETRYABLE_STATES, UNSUBMITTED, reconcile
+from hpc_eval.slurm import LIVE_STATES, check_feasible, require_slurm
+from hpc_eval.status import LOST, RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import (
     STALE_CLAIM_S,
     EvalPaths,
+    check_output_dir,
     claim_attempt,
     completed_index,
     eval_dir,
     find_existing,
+    forget_warnings,
     index_entry,
     run_folder,
     run_of,
 )
-from hpc_eval.submit import PlannedEvaluation, prepare, submit, write_request
+from hpc_eval.submit import (
+    PlannedEvaluation,
+    describe_os_error,
+    prepare_all,
+    release_unsubmitted,
+    submit,
+    write_request,
+)
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
 
@@ -102,13 +114,19 @@ def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], s
     if stop_file.exists():
         return PassResult(stopped=f"stop file {stop_file} exists: remove it to resume watching")
     config = config_for(run_dirs[0])
+    check_output_dir(config.output_dir)
+    forget_warnings()
     with pass_lock(config.output_dir, run_dirs) as locked:
         if not locked:
             return PassResult(already_running=True)
         result = PassResult()
         candidates = []
         for run_dir in run_dirs:
-            candidates += scan_run(run_dir, config, options, result)
+            try:
+                candidates += scan_run(run_dir, config, options, result)
+            except OSError as error:  # the run dir itself cannot be read: the other runs go on
+                result.actions.append(Action(run_of(run_dir, config.source.stem), None, str(run_dir), "skipped",
+                                             f"cannot read the run dir: {describe_os_error(error)}"))
         candidates.sort(key=lambda item: item.iteration, reverse=not options.oldest_first)
         chosen = candidates[: options.max_submit] if options.max_submit is not None else candidates
         for left in candidates[len(chosen):]:
@@ -128,16 +146,20 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
     candidates, unfinished = [], []
     for name, iteration in iter_names(run_dir):
         checkpoint = run_dir / name
-        if index_entry(name, identity.stat_key(checkpoint)) in completed:
-            continue  # evaluated, and not rewritten since: one stat
-        fingerprint = identity.fingerprint(checkpoint)
-        existing = find_existing(config.output_dir, run, checkpoint, config_hash, fingerprint,
-                                 legacy_runs=(run_of(run_dir, config.source.stem),))
-        if existing:
-            unfinished.append((existing, checkpoint, iteration, fingerprint))
+        try:
+            if index_entry(name, identity.stat_key(checkpoint)) in completed:
+                continue  # evaluated, and not rewritten since: one stat
+            fingerprint = identity.fingerprint(checkpoint)
+            existing = find_existing(config.output_dir, run, checkpoint, config_hash, fingerprint,
+                                     legacy_runs=(run_of(run_dir, config.source.stem),))
+            if existing:
+                unfinished.append((existing, checkpoint, iteration, fingerprint))
+                continue
+            paths = EvalPaths(eval_dir(config.output_dir, run, checkpoint, config_hash, fingerprint))
+            verdict = ckpt.validate(checkpoint)
+        except OSError as error:  # a symlink loop, no permission: this checkpoint only
+            result.actions.append(Action(run, iteration, str(checkpoint), "skipped", f"cannot read it: {describe_os_error(error)}"))
             continue
-        paths = EvalPaths(eval_dir(config.output_dir, run, checkpoint, config_hash, fingerprint))
-        verdict = ckpt.validate(checkpoint)
         busy = quiet_problem(checkpoint, options.quiet_seconds) if verdict.ok else ""
         if verdict.ok and not busy:
             candidates.append(Candidate(paths, run, checkpoint, iteration, fingerprint=fingerprint))
@@ -154,7 +176,24 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
         why = retry_reason(row.state, row.attempts, row.created_at or mtime_iso(paths.root), options)
         if why:
             candidates.append(Candidate(paths, run, checkpoint, iteration, retry=True, detail=why, fingerprint=fingerprint))
+        elif row.state not in LIVE_STATES:
+            result.actions.append(Action(run, iteration, str(paths.root), "skipped", skip_reason(row, options)))
     return candidates
+
+
+def skip_reason(row, options: WatchOptions) -> str:
+    """Why an ended (or unsubmitted) evaluation is left alone this pass."""
+    job = f"job {row.job_id} " if row.job_id else ""
+    if row.state == UNSUBMITTED:
+        return "claimed recently by another pass, not yet submitted; next pass"
+    if row.state == "UNKNOWN":
+        return f"{job}state unknown (Slurm did not answer, or it was just submitted); next pass"
+    if row.attempts >= options.max_attempts and (row.state in RETRYABLE_STATES or row.state == LOST
+                                                 or options.retry_failed):
+        return f"{job}ended {row.state} after {row.attempts} attempt(s): --max-attempts {options.max_attempts} reached"
+    if row.state in ("FAILED", "CANCELLED"):
+        return f"{job}ended {row.state}" + (f" ({row.reason})" if row.reason else "") + "; --retry-failed submits it again"
+    return f"{job}ended {row.state}" + (f" ({row.reason})" if row.reason else "") + "; not submitted again"
 
 
 def quiet_problem(checkpoint: Path, quiet_seconds: float) -> str:
@@ -189,6 +228,8 @@ def retry_reason(state: str, attempts: int, created_at: str, options: WatchOptio
         return ""
     if state in RETRYABLE_STATES:
         return f"ended {state} (attempt {attempts} of {options.max_attempts})"
+    if state == LOST:
+        return f"Slurm no longer knows its job (attempt {attempts} of {options.max_attempts})"
     if options.retry_failed and state in ("FAILED", "CANCELLED"):
         return f"ended {state}, --retry-failed (attempt {attempts} of {options.max_attempts})"
     return ""
@@ -202,19 +243,30 @@ def parse_time(text: str) -> float:
 
 
 def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, Any], result: PassResult) -> None:
-    """Claim every candidate, then submit the claimed ones as one array."""
+    """Claim every candidate, then submit the claimed ones as one array; release the claims on failure."""
     preflight(config_for(chosen[0].checkpoint))
     require_slurm()  # before any claim: a pass that cannot submit must not claim
+    check_feasible(settings)
     ready: list[PlannedEvaluation] = []
-    for item in chosen:
-        planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint)
-        claimed = claim_attempt(item.paths) if item.retry else prepare(config_for(item.checkpoint), planned)
-        if claimed and item.retry and not (item.paths.request.exists() and item.paths.launcher_config.exists()):
-            write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them
-        if claimed:
-            ready.append(planned)
-        else:
-            result.actions.append(Action(item.run, item.iteration, str(item.paths.root), "skipped", "claimed by another pass"))
+    try:
+        fresh = [PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint)
+                 for item in chosen if not item.retry]
+        ready += prepare_all(config_for, fresh)
+        for item in chosen:
+            planned = next((ev for ev in fresh if ev.paths.root == item.paths.root), None)
+            if planned is None:
+                planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint,
+                                            claimed=claim_attempt(item.paths))
+                if planned.claimed is not None:
+                    ready.append(planned)
+                    if not (item.paths.request.exists() and item.paths.launcher_config.exists()):
+                        write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them
+            if planned not in ready:
+                result.actions.append(Action(item.run, item.iteration, str(item.paths.root), "skipped", "claimed by another pass"))
+    except (HpcEvalError, OSError) as error:
+        release_unsubmitted(ready)
+        result.submit_error = describe_os_error(error) if isinstance(error, OSError) else str(error)
+        return
     if not ready:
         return
     config = config_for(chosen[0].checkpoint)

@@ -15,8 +15,12 @@ from hpc_eval.slurm import (
     SLURM_DEFAULTS,
     SlurmJobState,
     SlurmSettings,
+    array_tasks,
     base_job_ids,
+    check_feasible,
+    memory_mb,
     parse_sacct,
+    parse_sinfo,
     parse_squeue,
     sbatch_preview,
     settings_from,
@@ -145,16 +149,57 @@ def test_sacct_lines_give_state_and_reason():
         "56|",  # too few fields: skipped
         "6_[0-499%32]|CANCELLED by 0|0:0|00:00:00",  # a folded array line (pending tasks cancelled)
     ])
-    states = parse_sacct(output, ["51", "52", "53", "54_0", "55", "56", "57", "6_0", "6_[0-499%32]"])
+    states = parse_sacct(output, ["51", "52", "53", "54_0", "55", "56", "57", "6_0", "6_499", "6_500"])
+    cancelled = SlurmJobState("CANCELLED", "00:00:00", "CANCELLED by 0")
     assert states == {
         "51": SlurmJobState("COMPLETED", "00:01:00", ""),
         "52": SlurmJobState("FAILED", "00:00:05", "exit code 1:0"),
         "53": SlurmJobState("CANCELLED", "00:02:00", "CANCELLED by 1000"),
         "54_0": SlurmJobState("TIMEOUT", "00:10:00", ""),
         "55": SlurmJobState("NODE_FAIL", "00:00:01", ""),
-        # Today the folded line is kept under its literal id only: task 6_0 gets no state (a later issue).
-        "6_[0-499%32]": SlurmJobState("CANCELLED", "00:00:00", "CANCELLED by 0"),
+        "6_0": cancelled, "6_499": cancelled,  # the folded line covers 6_0..6_499, not 6_500
     }
+
+
+def test_folded_sacct_lines_expand_to_their_tasks_and_a_task_line_of_its_own_wins():
+    output = "\n".join([
+        "7_[1,3-5]|CANCELLED by 0|0:0|00:00:00|hpc-eval:run:4ckpts",
+        "7_4|COMPLETED|0:0|00:00:09|hpc-eval:run:4ckpts",  # ran before the cancel
+        "8_[2%1]|PENDING|0:0|00:00:00|x",
+        "9_[a-b]|CANCELLED|0:0|00:00:00|x",  # not a task list: ignored
+        "10|CANCELLED by 0|0:0|00:00:00|x",  # an array cancelled before any task started: its bare id
+    ])
+    states = parse_sacct(output, ["7_0", "7_1", "7_3", "7_4", "7_5", "8_2", "9_a", "10_0", "10_7"])
+    assert {job: state.state for job, state in states.items()} == {
+        "7_1": "CANCELLED", "7_3": "CANCELLED", "7_4": "COMPLETED", "7_5": "CANCELLED", "8_2": "PENDING",
+        "10_0": "CANCELLED", "10_7": "CANCELLED"}
+    assert states["7_1"].name == "hpc-eval:run:4ckpts"
+    assert array_tasks("7_[1,3-5]") == ["7_1", "7_3", "7_4", "7_5"] and array_tasks("7_1") == []
+
+
+NODES = parse_sinfo("debug*|vm|8|23081|gpu:2\ngpu|vm|8|23081|gpu:2\nbig|b1|64|512000|gpu:a100:4(S:0-1),gpu:h100:2\n")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"partition": "gpu", "cpus_per_task": 16}, "slurm.cpus_per_task=16 but the largest node of partition gpu has 8 CPUs; set slurm.cpus_per_task"),
+    ({"cpus_per_task": 64}, "slurm.cpus_per_task=64 but the largest node of partition debug has 8 CPUs; set slurm.cpus_per_task"),
+    ({"partition": "gpu", "mem": "64G"}, "slurm.mem=64G but the largest node of partition gpu has 23081 MB of memory; set slurm.mem"),
+    ({"partition": "gpu", "gpus_per_node": 3}, "slurm.gpus_per_node=3 but the largest node of partition gpu has 2 GPUs; set slurm.gpus_per_node"),
+    ({"partition": "big", "gpus_per_node": "h100:4"}, "slurm.gpus_per_node=h100:4 but the largest node of partition big has 2 h100 GPUs"),
+    ({"partition": "gpus"}, "slurm.partition=gpus: no such partition on this cluster (it has big, debug, gpu); set slurm.partition"),
+    ({"partition": "gpu", "nodes": 2}, "slurm.nodes=2 but partition gpu has 1 node(s)"),
+])
+def test_an_infeasible_request_is_refused_with_the_key_and_the_largest_node(values, message):
+    with pytest.raises(ConfigError) as refused:
+        check_feasible(SlurmSettings.from_dict(values, "c.yaml"), NODES)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_request_a_node_can_hold_passes():
+    for values in ({}, {"partition": "gpu", "cpus_per_task": 8, "mem": "20G", "gpus_per_node": 2},
+                   {"partition": "big", "gpus_per_node": "a100:4", "mem": 500000}, {"partition": "debug,big", "cpus_per_task": 64}):
+        check_feasible(SlurmSettings.from_dict(values, "c.yaml"), NODES)
+    assert NODES[2].gpus() == 6 and NODES[2].gpus("a100") == 4 and memory_mb("2T") == 2 * 1024 * 1024
 
 
 def test_submitit_private_sbatch_api_has_the_signature_the_preview_uses(tmp_path):

@@ -260,7 +260,7 @@ def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_pa
 
     second = watch(run, out, config=short_limit)
     assert second.exit_code == 0, second.output
-    assert [(verb, step) for verb, step, _, _ in actions(second.output)] == [("submitted", 2000)], second.output
+    assert [(verb, step) for verb, step, _, _ in actions(second.output)] == [("skipped", 1000), ("submitted", 2000)], second.output
     timed_out = task_of(second.output, 2000)
     # the time limit ends it: submitit's USR2 (summary TIMEOUT, sacct FAILED) or Slurm's kill (sacct TIMEOUT)
     wait_for_state(timed_out, timeout=180)
@@ -270,7 +270,7 @@ def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_pa
 
     third = watch(run, out, config=short_limit)
     assert third.exit_code == 0, third.output
-    ((verb, step, where, detail),) = actions(third.output)
+    ((verb, step, where, detail),) = [act for act in actions(third.output) if act[0] != "skipped"]
     assert (verb, step, where) == ("resubmitted", 2000, str(eval_dir)) and "ended TIMEOUT" in detail, third.output
     assert sbatch.count() == 3
     assert [len(attempts(dirs[0])) for _, dirs in sorted(evaluations(out).items())] == [1, 2]
@@ -278,7 +278,7 @@ def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_pa
 
     fourth = watch(run, out, "--retry-failed", config=short_limit)
     assert fourth.exit_code == 0, fourth.output
-    ((verb, step, _, detail),) = actions(fourth.output)
+    ((verb, step, _, detail),) = [act for act in actions(fourth.output) if act[0] != "skipped"]
     assert (verb, step) == ("resubmitted", 1000) and "CANCELLED" in detail and "--retry-failed" in detail
     assert sbatch.count() == 4
     assert [len(attempts(dirs[0])) for _, dirs in sorted(evaluations(out).items())] == [2, 2]
@@ -334,7 +334,8 @@ def test_a_claim_whose_sbatch_never_happened_is_submitted_again(tmp_path, count_
     result = watch(run, out)
     assert result.exit_code == 0, result.output
     acted = {step: (verb, where, detail) for verb, step, where, detail in actions(result.output)}
-    assert sorted(acted) == [1000, 3000, 5000], result.output  # fresh claims (2000, 4000) are left alone
+    assert sorted(acted) == [1000, 2000, 3000, 4000, 5000], result.output
+    assert acted[2000][0] == acted[4000][0] == "skipped", result.output  # fresh claims are left alone, each said so
     for step, eval_dir in ((1000, stale), (3000, bare_stale)):
         verb, where, detail = acted[step]
         assert (verb, where) == ("resubmitted", str(eval_dir)) and "never submitted" in detail, result.output
@@ -381,7 +382,7 @@ def test_claim_ages_are_right_in_any_time_zone(tmp_path, count_sbatch):
         proc = subprocess.run([str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "0"],
                               env={**os.environ, "TZ": zone}, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        ((verb, step, _, detail),) = actions(proc.stdout) or [("", 0, "", f"nothing acted on:\n{proc.stdout}")]
+        ((verb, step, _, detail),) = [act for act in actions(proc.stdout) if act[0] != "skipped"] or [("", 0, "", f"nothing acted on:\n{proc.stdout}")]
         assert (verb, step) == ("resubmitted", 2000) and "claimed 60" in detail, f"TZ={zone}: {detail}"
         assert count_sbatch.count() == calls and not (fresh / "slurm.json").exists()
         shutil.rmtree(fresh)
