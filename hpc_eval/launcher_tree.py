@@ -4,6 +4,7 @@
         <task>.<i>/logs/stage.pre-start, stage.running, stage.exit ('<ISO time> <code>')
         <task>.<i>/logs/client_stdout.log, *.log
         <task>.<i>/artifacts/results.yml, .nemo_evaluator_interrupted
+        <task>.<i>/hpc_eval_metrics.json                   ours: read_metrics of results.yml, cached
 
 The launcher is pinned below 0.3; when it moves one of these files, only this module changes.
 Used by the payload and the executor (in the job) and by status and results (on the login node).
@@ -11,11 +12,14 @@ Used by the payload and the executor (in the job) and by status and results (on 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 INVOCATION_GLOB = "????????_??????-*"  # the launcher's <YYYYmmdd_HHMMSS>-<invocation id> folders
 STAGE_FILES = ("stage.pre-start", "stage.running", "stage.exit")  # in the order a task's script writes them
+METRICS_CACHE = "hpc_eval_metrics.json"
 
 
 def new_invocation_dir(output_dir: Path | str, timestamp: str, invocation_id: str) -> Path:
@@ -71,8 +75,9 @@ def task_outcome(task_dir: Path) -> dict[str, Any]:
     exit_code = read_stage_exit(task_dir)
     results = task_dir / "artifacts" / "results.yml"
     outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
-    if exit_code == 0 and results.exists():
-        outcome.update(status="success", metrics=read_metrics(results))
+    metrics = ended_task_metrics(task_dir) if exit_code == 0 else None
+    if metrics is not None:
+        outcome.update(status="success", metrics=metrics)
     elif exit_code is None:
         outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
     else:
@@ -97,11 +102,43 @@ def log_tail(task_dir: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
 
+def ended_task_metrics(task_dir: Path) -> dict[str, float] | None:
+    """`read_metrics` of an ended task's results.yml (None without one), cached beside it.
+
+    `results` reads every unfinished evaluation's tree on every call, and parsing YAML costs
+    milliseconds a file: the metrics are kept in the task dir, keyed by results.yml's size and
+    mtime (a resumed task rewrites it). A cache that cannot be read is rebuilt; one that cannot
+    be written (someone else's output dir) is skipped.
+    """
+    results = task_dir / "artifacts" / "results.yml"
+    try:
+        stat = os.stat(results)
+    except FileNotFoundError:
+        return None
+    key = f"{stat.st_size}-{stat.st_mtime_ns}"
+    cache = task_dir / METRICS_CACHE
+    try:
+        cached = json.loads(cache.read_bytes())
+        if cached["results_yml"] == key:
+            return cached["metrics"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    metrics = read_metrics(results)
+    temporary = cache.with_name(f".{METRICS_CACHE}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps({"results_yml": key, "metrics": metrics}))
+        os.replace(temporary, cache)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+    return metrics
+
+
 def read_metrics(results_yml: Path) -> dict[str, float]:
     """`{task/metric[/score]: value}` from results.yml's `results.tasks` and `results.groups`."""
     import yaml
 
-    results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ten times the pure-Python loader
+    results = (yaml.load(results_yml.read_text(), Loader=loader) or {}).get("results") or {}
     metrics: dict[str, float] = {}
     for kind in ("groups", "tasks"):  # tasks win where both name the same metric
         for task, body in (results.get(kind) or {}).items():

@@ -8,6 +8,7 @@ several, split only where the cluster's MaxArraySize demands it) and records eac
 from __future__ import annotations
 
 import glob as globlib
+import json
 import os
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import __version__, identity
-from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.config import EvalConfig, launcher_config_text, save_launcher_config
 from hpc_eval.errors import CheckpointError, ConfigError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)
@@ -101,12 +102,13 @@ def prepare(config: EvalConfig, evaluation: PlannedEvaluation, *, force: bool = 
     return True
 
 
-def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
+def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, preview: bool = False) -> None:
+    """Write the evaluation's launcher_config.yaml and request.json; a dry run's `preview` is not atomic."""
     config_for_job = config
     if evaluation.checkpoint is not None and config.checkpoint_path != str(evaluation.checkpoint):
         config_for_job = config.for_checkpoint(evaluation.checkpoint)
-    save_launcher_config(config_for_job, evaluation.paths.root)
-    write_json(evaluation.paths.request, {
+    save_launcher_config(config_for_job, evaluation.paths.root, launcher_config_text(config, config_for_job, evaluation.paths.root))
+    record = {
         "checkpoint": str(evaluation.checkpoint) if evaluation.checkpoint else None,
         "iteration": evaluation.iteration,
         "run": evaluation.run,
@@ -114,14 +116,27 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation) -> None:
         "run_dir": str(identity.run_dir_of(evaluation.checkpoint)) if evaluation.checkpoint else None,
         "checkpoint_realpath": str(identity.real_path(evaluation.checkpoint)) if evaluation.checkpoint else None,
         "fingerprint": evaluation.fingerprint,
-        "config_hash": config.config_hash(),
-        "config_source": str(config.source),
-        "task_filters": config.task_filters,
-        "dry_run": config.dry_run,
-        "slurm": config.slurm.as_dict(),  # so that a later resubmission asks for the same resources
-        "hpc_eval_version": __version__,
+        **request_constants(config),
         "created_at": now_iso(),
-    })
+    }
+    if preview:  # nothing reads a preview while it is written
+        evaluation.paths.request.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        write_json(evaluation.paths.request, record)
+
+
+def request_constants(config: EvalConfig) -> dict[str, Any]:
+    """The request fields every checkpoint of one config shares (the config hash costs a JSON dump)."""
+    if config.request_constants is None:
+        config.request_constants = {
+            "config_hash": config.config_hash(),
+            "config_source": str(config.source),
+            "task_filters": config.task_filters,
+            "dry_run": config.dry_run,
+            "slurm": config.slurm.as_dict(),  # so that a later resubmission asks for the same resources
+            "hpc_eval_version": __version__,
+        }
+    return config.request_constants
 
 
 def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
@@ -286,7 +301,7 @@ def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: S
         for ev in result.to_submit:
             ev.paths = EvalPaths(preview_root / ev.paths.root.relative_to(config.output_dir))
             ev.paths.root.mkdir(parents=True)
-            write_request(config, ev)
+            write_request(config, ev, preview=True)
         folder = result.to_submit[0].paths.submitit if len(result.to_submit) == 1 else preview_root / ".arrays" / "preview"
         result.sbatch_script = sbatch_preview(settings, folder, batch_label(result.to_submit), len(result.to_submit))
         return result
