@@ -45,9 +45,9 @@ class EvalConfig:
     unresolved: DictConfig | None = field(default=None, repr=False, compare=False)  # to resolve again per checkpoint
     # True once a second resolution showed the checkpoint path only appears verbatim in the values
     path_is_text: bool | None = field(default=None, repr=False, compare=False)
-    # Made once for many checkpoints: see launcher_config_text, submit.request_constants
+    # Made once for many checkpoints: see launcher_config_text, submit.RequestTemplate
     template: "LauncherTemplate | None" = field(default=None, repr=False, compare=False)
-    request_constants: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    request_template: Any = field(default=None, repr=False, compare=False)
 
     @property
     def checkpoint_path(self) -> str | None:
