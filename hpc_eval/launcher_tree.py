@@ -73,7 +73,6 @@ def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
 
 def task_outcome(task_dir: Path) -> dict[str, Any]:
     exit_code = read_stage_exit(task_dir)
-    results = task_dir / "artifacts" / "results.yml"
     outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
     metrics = ended_task_metrics(task_dir) if exit_code == 0 else None
     if metrics is not None:

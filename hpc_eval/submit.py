@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import __version__, identity
-from hpc_eval.config import EvalConfig, launcher_config_text, save_launcher_config
+from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.launcher_yaml import launcher_config_text
 from hpc_eval.errors import CheckpointError, ConfigError
 from hpc_eval.slurm import (SlurmSettings, make_executor, max_array_size, outer_job_hidden, require_slurm, sbatch_preview,
                             settings_from, submit_errors)
@@ -106,10 +107,7 @@ def prepare(config: EvalConfig, evaluation: PlannedEvaluation, *, force: bool = 
 
 def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, preview: bool = False) -> None:
     """Write the evaluation's launcher_config.yaml and request.json; a dry run's `preview` is not atomic."""
-    config_for_job = config
-    if evaluation.checkpoint is not None and config.checkpoint_path != str(evaluation.checkpoint):
-        config_for_job = config.for_checkpoint(evaluation.checkpoint)
-    save_launcher_config(config_for_job, evaluation.paths.root, launcher_config_text(config, config_for_job, evaluation.paths.root))
+    save_launcher_config(config, evaluation.paths.root, launcher_config_text(config, evaluation.checkpoint, evaluation.paths.root))
     if config.request_template is None:
         config.request_template = RequestTemplate(request_constants(config))
     varying = {

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from fakeckpt import make_iter, make_run
 
 from hpc_eval.cli import main
-from hpc_eval.config import dump_launcher_config, launcher_config_text, load_config
-
-from fakeckpt import make_iter, make_run
+from hpc_eval.config import dump_launcher_config, load_config
+from hpc_eval.launcher_yaml import launcher_config_text
 
 # Paths YAML emits plain, and paths it must quote, escape or fold: each must come out as a full dump writes it.
 TRICKY_NAMES = [
@@ -42,8 +42,8 @@ def base(tmp_path):
 def test_substituted_launcher_config_equals_a_full_serialisation(base, tmp_path, name):
     checkpoint = tmp_path / "runs" / name / "checkpoints" / f"iter_{name}"
     eval_dir = tmp_path / "results" / name / "iter_0000100" / "abc-123"
-    config = base.for_checkpoint(checkpoint)
-    text = launcher_config_text(base, config, eval_dir)
+    base.for_checkpoint(tmp_path / "iter_0000200")  # a second resolution: the path is text
+    text = launcher_config_text(base, checkpoint, eval_dir)
     # a resolution of its own for this checkpoint, serialised in full
     fresh = load_config("default", checkpoint=checkpoint, output_dir=tmp_path / "results")
     assert text == dump_launcher_config(fresh, eval_dir)
@@ -54,8 +54,7 @@ def test_substituted_launcher_config_equals_a_full_serialisation(base, tmp_path,
 
 def test_plain_paths_are_substituted_not_serialised(base, tmp_path):
     """The test above compares substituted text, not a second full dump, for paths YAML emits as they are."""
-    config = base.for_checkpoint(tmp_path / "other" / "iter_0000200")
-    launcher_config_text(base, config, tmp_path / "e")
+    launcher_config_text(base, tmp_path / "other" / "iter_0000200", tmp_path / "e")
     assert base.template is not None and base.template.usable
     assert base.template.render(str(tmp_path / "ülm" / "iter_1"), str(tmp_path / "e")) is not None
     assert base.template.render(str(tmp_path / "with space" / "iter_1"), str(tmp_path / "e")) is None
@@ -72,8 +71,7 @@ def test_a_path_inside_a_value_with_spaces_is_serialised_in_full(tmp_path):
     source.write_text(yaml.safe_dump(data))
     base = load_config(str(source), checkpoint=make_iter(tmp_path / "run" / "checkpoints", 100), output_dir=tmp_path / "results")
     other = tmp_path / ("x" * 30) / "iter_0000200"
-    config = base.for_checkpoint(other)
-    text = launcher_config_text(base, config, tmp_path / "e")
+    text = launcher_config_text(base, other, tmp_path / "e")
     fresh = load_config(str(source), checkpoint=other, output_dir=tmp_path / "results")
     assert text == dump_launcher_config(fresh, tmp_path / "e")
     assert "\n    --flag" in text  # folded where the line grew past 80 columns
@@ -121,9 +119,10 @@ def test_dry_run_all_writes_what_a_full_serialisation_writes(tmp_path, monkeypat
 
 def test_a_second_results_call_reads_the_metrics_cache_until_results_yml_changes(tmp_path):
     """Proven by content: results.yml rewritten with the same size and mtime is not read again."""
+    from test_results import BFCL, MATH, write_evaluation
+
     from hpc_eval.launcher_tree import METRICS_CACHE
     from hpc_eval.results import collect_results
-    from test_results import BFCL, MATH, write_evaluation
 
     root = tmp_path / "results"
     eval_dir = write_evaluation(root, 2000, [(BFCL, 0, "0.93"), (MATH, 0, "0.5")], summary=None)  # still running
@@ -145,9 +144,10 @@ def test_a_second_results_call_reads_the_metrics_cache_until_results_yml_changes
 
 
 def test_an_unwritable_or_broken_metrics_cache_is_not_an_error(tmp_path):
+    from test_results import BFCL, write_evaluation
+
     from hpc_eval.launcher_tree import METRICS_CACHE
     from hpc_eval.results import collect_results
-    from test_results import BFCL, write_evaluation
 
     root = tmp_path / "results"
     eval_dir = write_evaluation(root, 2000, [(BFCL, 0, "0.93")], summary=None)
