@@ -12,6 +12,7 @@ Used by the payload and the executor (in the job) and by status and results (on 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -63,12 +64,21 @@ def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
     does not hide an earlier success.
     """
     outcomes: dict[str, dict[str, Any]] = {}
-    for invocation in sorted(eval_dir.glob(INVOCATION_GLOB)):
-        for task_dir in sorted(path for path in invocation.iterdir() if path.is_dir()):
+    for invocation in sorted(subdirs(eval_dir, INVOCATION_GLOB)):
+        for task_dir in sorted(subdirs(invocation)):
             outcome = task_outcome(task_dir)
             if outcome["status"] == "success" or task_dir.name not in outcomes:
                 outcomes[task_dir.name] = outcome
     return outcomes
+
+
+def subdirs(directory: Path, pattern: str = "*") -> list[Path]:
+    """The directories in `directory` whose names match `pattern`: one listing, no stat (`results` reads thousands)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [Path(entry.path) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern) and entry.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def task_outcome(task_dir: Path) -> dict[str, Any]:
