@@ -10,6 +10,7 @@ one run comes from the same machine under the same load).
     .venv/bin/python benchmarks/bench.py --json          # one JSON object instead of the table
     .venv/bin/python benchmarks/bench.py --markdown      # the table as Markdown (docs/benchmarks.md)
     .venv/bin/python benchmarks/bench.py --save FILE     # also write the JSON object to FILE
+    .venv/bin/python benchmarks/bench.py --scale         # only section 6 (about 2 minutes)
     .venv/bin/python benchmarks/bench.py --quick --report-targets   # CI: missed targets reported, exit 0
 
 Sections:
@@ -24,6 +25,9 @@ Sections:
                completed index; its directory reads and stat calls (strace).
   5. payload   job start to the run_eval call (a launcher dry run), and the payload's CPU while it
                waits for a real evaluation against a stub model that answers after 5 s.
+  6. scale     `submit --dry-run --all`, `results` and `status` over 1,000 and 10,000 checkpoints or
+               evaluations (results also at 2,000), each beside its floor measured in the same run: a
+               plain Python loop making the same files, or making the same reads and stats.
 
 Needs: the project's venv, a running local Slurm (bash scripts/start-slurm.sh) for 3-5, strace
 for the syscall counts of 4 (skipped with a note when missing). Writes only under a temp dir
@@ -322,9 +326,63 @@ class Bench:
                  detail=f"{cpu1 - cpu0:.2f} s CPU (ticks of {1 / os.sysconf('SC_CLK_TCK'):g} s) over {t1 - t0:.1f} s of wait; job {summary.get('state')}, "
                         f"task {next(iter(tasks.values()), {}).get('status')}; total payload CPU {cpu1:.2f} s")
 
+    # ---------------------------------------------------------------- 6. scale
+    def scale(self, runs: dict[int, Path]) -> None:
+        """Ten thousand checkpoints: each command beside the floor of its own file work, measured here and now.
+
+        The machine is shared: CPU time (getrusage, process_time) is given beside wall time.
+        """
+        self.run([HPC_EVAL, "submit", "--dry-run", "-c", "default", "--checkpoint", min(runs[min(runs)].glob("iter_*"))])  # preflight cached
+        for count, run in sorted(runs.items()):
+            wall, cpu, _ = self.run([HPC_EVAL, "submit", "--dry-run", "--all", "-c", "default", "--checkpoint", run, "--json"])
+            files, files_cpu = file_floor(self.tmp / f"floor-{count}", count)
+            code = ("import json, sys, time\nfrom hpc_eval.checkpoint import discover\n"
+                    "t, c = time.perf_counter(), time.process_time(); discover(sys.argv[1])\n"
+                    "print(json.dumps([time.perf_counter() - t, time.process_time() - c]))")
+            found, found_cpu = json.loads(self.run([PYTHON, "-c", code, run])[2].stdout)
+            floor, floor_cpu = files + found, files_cpu + found_cpu
+            target = "< 1.5x floor" if count == 10_000 else ""
+            self.add("scale", f"submit --dry-run --all over {count:,} checkpoints", round(wall, 2), "s", ratio=times(wall / floor), target=target,
+                     ok=wall < 1.5 * floor if target else None, detail=f"CPU {cpu:.2f} s ({times(cpu / floor_cpu)} the floor's CPU)")
+            self.add("scale", f"  floor: discovery + a plain loop making the same dirs and files ({count:,})", round(floor, 2), "s",
+                     detail=f"discover(all) {found:.2f} s, 2 mkdir + 2 files each {files:.2f} s; CPU {floor_cpu:.2f} s")
+        root = self.tmp / "evaluations"
+        sizes = {1_000: ["a"], 2_000: ["a", "b"], 10_000: ["a", "b", "c"]}
+        start = time.perf_counter()
+        with ProcessPoolExecutor(4) as pool:
+            list(pool.map(build_evaluations, [(str(root / part), count, i) for part, count in (("a", 1000), ("b", 1000), ("c", 8000)) for i in range(4)]))
+        self.add("scale", "setup: 10,000 evaluations without a final summary (request, slurm.json, one task's tree)",
+                 round(time.perf_counter() - start, 1), "s")
+        for count, parts in sizes.items():
+            roots = [root / part for part in parts]
+            first = self.run([HPC_EVAL, "results", "--format", "json", *roots])[:2]
+            second = self.run([HPC_EVAL, "results", "--format", "json", *roots])[:2]
+            floor, floor_cpu = read_floor(roots, summary=False)
+            target = "< 2 s second call" if count == 2_000 else ""
+            self.add("scale", f"results over {count:,} evaluations without a summary, first call", round(first[0], 2), "s",
+                     ratio=times(first[0] / floor), detail=f"CPU {first[1]:.2f} s; parses each results.yml, writes its metrics cache")
+            self.add("scale", f"results over {count:,} evaluations without a summary, second call", round(second[0], 2), "s",
+                     ratio=times(second[0] / floor), target=target, ok=second[0] < 2 if target else None, detail=f"CPU {second[1]:.2f} s")
+            self.add("scale", f"  floor: the same reads and stats in a plain loop ({count:,})", round(floor, 2), "s", detail=f"CPU {floor_cpu:.2f} s")
+            self.reset_calls()
+            wall, cpu, _ = self.run([HPC_EVAL, "status", "--json", *roots])
+            calls = {command: self.calls(command)[0] for command in ("squeue", "sacct")}
+            target = "< 2 s, 1 squeue, 1 sacct" if count == 10_000 else ""
+            ok = wall < 2 and calls == {"squeue": 1, "sacct": 1}
+            self.add("scale", f"status over {count:,} evaluations (none final)", round(wall, 2), "s", ratio=times(wall / floor),
+                     target=target, ok=ok if target else None, detail=f"CPU {cpu:.2f} s; squeue {calls['squeue']}, sacct {calls['sacct']}")
+        summarised = [root / part for part in sizes[2_000]]
+        for request in (path for part in summarised for path in part.glob("*/*/request.json")):
+            (request.parent / "summary.json").write_text(json.dumps({"state": "COMPLETED", "slurm_job_id": "1_0", "tasks": {
+                "bfcl.0": {"status": "success", "metrics": {"bfcl/live_overall_acc": 0.5}}}}))
+        wall, cpu, _ = self.run([HPC_EVAL, "results", "--format", "json", *summarised])
+        floor, floor_cpu = read_floor(summarised, summary=True)
+        self.add("scale", "results over 2,000 evaluations with a final summary", round(wall, 2), "s", ratio=times(wall / floor),
+                 detail=f"CPU {cpu:.2f} s; floor (the same reads) {floor:.2f} s, CPU {floor_cpu:.2f} s")
+
     # ---------------------------------------------------------------- the whole run
-    def build_big_run(self, count: int) -> Path:
-        run = self.tmp / "big" / "train" / "checkpoints"
+    def build_big_run(self, count: int, name: str = "big") -> Path:
+        run = self.tmp / name / "train" / "checkpoints"
         run.mkdir(parents=True)
         steps = list(range(100, 100 * (count + 1), 100))
         start = time.perf_counter()
@@ -340,6 +398,9 @@ class Bench:
     def main(self) -> None:
         self.ns = (1, 10, 100) if self.args.quick else (1, 10, 100, 1000)
         count = 1_000 if self.args.quick else 10_000
+        if self.args.scale:
+            self.scale({1_000: self.build_big_run(1_000, "scale-1000"), count: self.build_big_run(count)})
+            return
         self.startup()
         self.dry_run()
         run = self.build_big_run(count)
@@ -353,6 +414,7 @@ class Bench:
         self.arrays()
         self.watch(run, count)
         self.payload()
+        self.scale({1_000: self.build_big_run(1_000, "scale-1000"), count: run})
 
 
 CACHE_STATES = {
@@ -424,6 +486,70 @@ def build_iters(job: tuple[str, list[int]]) -> None:
     parent, steps = job
     for step in steps:
         make_iter(parent, step)
+
+
+def build_evaluations(job: tuple[str, int, int]) -> None:
+    """Every fourth of `count` evaluations under a run folder, as a job still running leaves them:
+    request.json, slurm.json, and one launcher task that ended (stage.exit 0, a real results.yml)."""
+    root, count, part = job
+    results = (REPO / "tests" / "data" / "results_bfcl.yml").read_bytes()
+    for index in range(part, count, 4):
+        eval_dir = Path(root) / f"iter_{index:07d}" / "0123abcd4567-00000000"
+        task = eval_dir / "20260101_120000-0123456789abcdef" / "bfcl.0"
+        os.makedirs(task / "logs")
+        os.makedirs(task / "artifacts")
+        (eval_dir / "request.json").write_text(json.dumps({"run": Path(root).name, "iteration": index, "checkpoint": None,
+                                                           "config_hash": "0123abcd4567", "created_at": "2026-01-01T00:00:00+0000"}))
+        (eval_dir / "slurm.json").write_text(json.dumps({"slurm_job_id": f"{900000 + index // 1000}_{index % 1000}"}) + "\n")
+        (task / "logs" / "stage.exit").write_text("2026-01-01T00:05:00Z 0\n")
+        (task / "artifacts" / "results.yml").write_bytes(results)
+
+
+def file_floor(root: Path, count: int) -> tuple[float, float]:
+    """(wall, CPU) of a plain loop that makes what a dry run makes per checkpoint: two dirs, two small files."""
+    config = "x" * 1500
+    wall, cpu = time.perf_counter(), time.process_time()
+    os.makedirs(root / "run")
+    for index in range(count):
+        eval_dir = root / "run" / f"iter_{index:07d}" / "0123abcd4567-00000000"
+        os.mkdir(eval_dir.parent)
+        os.mkdir(eval_dir)
+        with open(eval_dir / "launcher_config.yaml", "w") as handle:
+            handle.write(config)
+        with open(eval_dir / "request.json", "w") as handle:
+            handle.write(config[:700])
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def read_floor(roots: list[Path], summary: bool) -> tuple[float, float]:
+    """(wall, CPU) of the file work of `results` at its best, in a plain loop: list the evaluations,
+    read request.json, then summary.json, or the task tree (two listings, stage.exit, a stat of
+    results.yml, the metrics cache)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for root in roots:
+        for iteration in os.listdir(root):
+            for leaf in os.listdir(root / iteration):
+                eval_dir = root / iteration / leaf
+                with open(eval_dir / "request.json", "rb") as handle:
+                    handle.read()
+                if summary:
+                    with open(eval_dir / "summary.json", "rb") as handle:
+                        handle.read()
+                    continue
+                os.path.exists(eval_dir / "summary.json")
+                for invocation in os.listdir(eval_dir):
+                    if invocation.startswith("2026"):
+                        for task in os.listdir(eval_dir / invocation):
+                            task_dir = eval_dir / invocation / task
+                            with open(task_dir / "logs" / "stage.exit", "rb") as handle:
+                                handle.read()
+                            os.stat(task_dir / "artifacts" / "results.yml")
+                            try:
+                                with open(task_dir / "hpc_eval_metrics.json", "rb") as handle:
+                                    handle.read()
+                            except FileNotFoundError:
+                                pass
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def fmt(value) -> str:
@@ -571,6 +697,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
     parser.add_argument("--report-targets", action="store_true",
                         help="report missed targets but exit 0 (CI: noisy machines); errors still exit non-zero")
+    parser.add_argument("--scale", action="store_true", help="only section 6 (its status rows call the local Slurm)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hpc-eval-bench-"))
     bench = Bench(args, tmp)

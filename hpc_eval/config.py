@@ -46,6 +46,9 @@ class EvalConfig:
     notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what was converted, for the dry run
     # True once a second resolution showed the checkpoint path only appears verbatim in the values
     path_is_text: bool | None = field(default=None, repr=False, compare=False)
+    # Made once for many checkpoints: launcher_yaml.LauncherTemplate, submit.RequestTemplate
+    template: Any = field(default=None, repr=False, compare=False)
+    request_template: Any = field(default=None, repr=False, compare=False)
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -426,9 +429,14 @@ def saved_form(launcher: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
     return {**launcher, "execution": {**launcher.get("execution", {}), "output_dir": str(eval_dir)}}
 
 
-def save_launcher_config(config: EvalConfig, eval_dir: Path) -> Path:
-    """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
+def dump_launcher_config(config: EvalConfig, eval_dir: Path) -> str:
+    """The resolved launcher config, its output pointed at `eval_dir`, as YAML text."""
     launcher = saved_form(config.launcher, eval_dir)
+    return yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
+def save_launcher_config(config: EvalConfig, eval_dir: Path, text: str | None = None) -> Path:
+    """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
     path = eval_dir / "launcher_config.yaml"
-    path.write_text(yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False))
+    path.write_text(dump_launcher_config(config, eval_dir) if text is None else text)
     return path

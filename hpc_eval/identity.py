@@ -14,6 +14,7 @@ Standard library only: the payload imports this inside the job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,8 +26,29 @@ TRAIN_STATE_FILE = "train_state.pt"  # a few KB: the step, the consumed samples,
 SHORT = 8  # hex digits of the hashes written into directory names
 
 
+_resolved: dict[str, Path] | None = None  # while `resolving_once`: path -> its real path
+
+
 def real_path(path: Path | str) -> Path:
-    return Path(os.path.realpath(path))
+    if _resolved is None:
+        return Path(os.path.realpath(path))
+    key = os.fspath(path)
+    if key not in _resolved:
+        _resolved[key] = Path(os.path.realpath(path))
+    return _resolved[key]
+
+
+@contextlib.contextmanager
+def resolving_once():
+    """Resolve each path once inside: planning a checkpoint resolves it and its run dir nine times
+    (an lstat per component each), and ten thousand checkpoints share one run dir."""
+    global _resolved
+    outer = _resolved
+    _resolved = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _resolved = outer
 
 
 def run_dir_of(checkpoint: Path | str) -> Path:

@@ -4,6 +4,7 @@
         <task>.<i>/logs/stage.pre-start, stage.running, stage.exit ('<ISO time> <code>')
         <task>.<i>/logs/client_stdout.log, *.log
         <task>.<i>/artifacts/results.yml, .nemo_evaluator_interrupted
+        <task>.<i>/hpc_eval_metrics.json                   ours: read_metrics of results.yml, cached
 
 The launcher is pinned below 0.3; when it moves one of these files, only this module changes.
 Used by the payload and the executor (in the job) and by status and results (on the login node).
@@ -11,11 +12,15 @@ Used by the payload and the executor (in the job) and by status and results (on 
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 INVOCATION_GLOB = "????????_??????-*"  # the launcher's <YYYYmmdd_HHMMSS>-<invocation id> folders
 STAGE_FILES = ("stage.pre-start", "stage.running", "stage.exit")  # in the order a task's script writes them
+METRICS_CACHE = "hpc_eval_metrics.json"
 
 
 def new_invocation_dir(output_dir: Path | str, timestamp: str, invocation_id: str) -> Path:
@@ -59,20 +64,29 @@ def launcher_tree_outcomes(eval_dir: Path) -> dict[str, dict[str, Any]]:
     does not hide an earlier success.
     """
     outcomes: dict[str, dict[str, Any]] = {}
-    for invocation in sorted(eval_dir.glob(INVOCATION_GLOB)):
-        for task_dir in sorted(path for path in invocation.iterdir() if path.is_dir()):
+    for invocation in sorted(subdirs(eval_dir, INVOCATION_GLOB)):
+        for task_dir in sorted(subdirs(invocation)):
             outcome = task_outcome(task_dir)
             if outcome["status"] == "success" or task_dir.name not in outcomes:
                 outcomes[task_dir.name] = outcome
     return outcomes
 
 
+def subdirs(directory: Path, pattern: str = "*") -> list[Path]:
+    """The directories in `directory` whose names match `pattern`: one listing, no stat (`results` reads thousands)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [Path(entry.path) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern) and entry.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def task_outcome(task_dir: Path) -> dict[str, Any]:
     exit_code = read_stage_exit(task_dir)
-    results = task_dir / "artifacts" / "results.yml"
     outcome: dict[str, Any] = {"dir": str(task_dir), "exit_code": exit_code, "metrics": {}}
-    if exit_code == 0 and results.exists():
-        outcome.update(status="success", metrics=read_metrics(results))
+    metrics = ended_task_metrics(task_dir) if exit_code == 0 else None
+    if metrics is not None:
+        outcome.update(status="success", metrics=metrics)
     elif exit_code is None:
         outcome.update(status="killed", reason="ended without stage.exit (killed or interrupted)")
     else:
@@ -120,11 +134,43 @@ def log_tail(log: Path, lines: int = 3) -> str:
     return " | ".join(tail) if tail else f"({log.name} is empty)"
 
 
+def ended_task_metrics(task_dir: Path) -> dict[str, float] | None:
+    """`read_metrics` of an ended task's results.yml (None without one), cached beside it.
+
+    `results` reads every unfinished evaluation's tree on every call, and parsing YAML costs
+    milliseconds a file: the metrics are kept in the task dir, keyed by results.yml's size and
+    mtime (a resumed task rewrites it). A cache that cannot be read is rebuilt; one that cannot
+    be written (someone else's output dir) is skipped.
+    """
+    results = task_dir / "artifacts" / "results.yml"
+    try:
+        stat = os.stat(results)
+    except FileNotFoundError:
+        return None
+    key = f"{stat.st_size}-{stat.st_mtime_ns}"
+    cache = task_dir / METRICS_CACHE
+    try:
+        cached = json.loads(cache.read_bytes())
+        if cached["results_yml"] == key:
+            return cached["metrics"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    metrics = read_metrics(results)
+    temporary = cache.with_name(f".{METRICS_CACHE}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps({"results_yml": key, "metrics": metrics}))
+        os.replace(temporary, cache)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+    return metrics
+
+
 def read_metrics(results_yml: Path) -> dict[str, float]:
     """`{task/metric[/score]: value}` from results.yml's `results.tasks` and `results.groups`."""
     import yaml
 
-    results = (yaml.safe_load(results_yml.read_text()) or {}).get("results") or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ten times the pure-Python loader
+    results = (yaml.load(results_yml.read_text(), Loader=loader) or {}).get("results") or {}
     metrics: dict[str, float] = {}
     for kind in ("groups", "tasks"):  # tasks win where both name the same metric
         for task, body in (results.get(kind) or {}).items():

@@ -212,7 +212,7 @@ def expected_tasks(evaluation: EvaluationResults) -> list[str]:
     import yaml
 
     try:
-        config = yaml.safe_load(evaluation.paths.launcher_config.read_text()) or {}
+        config = yaml.load(evaluation.paths.launcher_config.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except FileNotFoundError:
         return []
     names = [task.get("name") for task in (config.get("evaluation") or {}).get("tasks") or []]

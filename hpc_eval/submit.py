@@ -12,7 +12,10 @@ recorded is cancelled (so nothing runs unrecorded).
 from __future__ import annotations
 
 import glob as globlib
+import json
 import os
+import re
+import secrets
 import shlex
 import tempfile
 import time
@@ -25,6 +28,7 @@ from hpc_eval.config import EvalConfig, save_launcher_config
 from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.deployments import check_checkpoints
 from hpc_eval.errors import CheckpointError, HpcEvalError, SubmitError
+from hpc_eval.launcher_yaml import launcher_config_text
 from hpc_eval.slurm import (
     SlurmSettings,
     cancel,
@@ -171,11 +175,11 @@ def describe_os_error(error: OSError) -> str:
 
 
 def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, durable: bool = True) -> None:
-    config_for_job = config
-    if evaluation.checkpoint is not None and config.checkpoint_path != str(evaluation.checkpoint):
-        config_for_job = config.for_checkpoint(evaluation.checkpoint)
-    save_launcher_config(config_for_job, evaluation.paths.root)
-    write_json(evaluation.paths.request, {
+    """Write the evaluation's launcher_config.yaml and request.json; a dry run's preview (not `durable`) in place."""
+    save_launcher_config(config, evaluation.paths.root, launcher_config_text(config, evaluation.checkpoint, evaluation.paths.root))
+    if config.request_template is None:
+        config.request_template = RequestTemplate(request_constants(config))
+    varying = {
         "checkpoint": str(evaluation.checkpoint) if evaluation.checkpoint else None,
         "iteration": evaluation.iteration,
         "run": evaluation.run,
@@ -183,14 +187,60 @@ def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, durable:
         "run_dir": str(identity.run_dir_of(evaluation.checkpoint)) if evaluation.checkpoint else None,
         "checkpoint_realpath": str(identity.real_path(evaluation.checkpoint)) if evaluation.checkpoint else None,
         "fingerprint": evaluation.fingerprint,
+        "created_at": now_iso(),
+    }
+    if durable:
+        write_json(evaluation.paths.request, {**varying, **config.request_template.constants})
+    else:  # a dry run's preview: nothing reads it while it is written
+        evaluation.paths.request.write_text(config.request_template.text(varying))
+
+
+def request_constants(config: EvalConfig) -> dict[str, Any]:
+    """The request fields every checkpoint of one config shares."""
+    return {
         "config_hash": config.config_hash(),
         "config_source": str(config.source),
         "task_filters": config.task_filters,
         "dry_run": config.dry_run,
         "slurm": config.slurm.as_dict(),  # so that a later resubmission asks for the same resources
         "hpc_eval_version": __version__,
-        "created_at": now_iso(),
-    }, durable=durable)
+    }
+
+
+class RequestTemplate:
+    """request.json for many checkpoints of one config, the shared fields encoded once.
+
+    A JSON scalar is written the same inside an indented document as alone, so marks put where
+    a checkpoint's values go (its fingerprint's values, one level down) are replaced, in one
+    pass, by each value's JSON: the text equals `json.dumps` of the whole record (tests/test_scale.py).
+    Records with any other shape are encoded in full.
+    """
+
+    def __init__(self, constants: dict[str, Any]):
+        self.constants = constants
+        self.token = secrets.token_hex(8)
+        self.mark = f"\x00{self.token}:"  # JSON writes it as \u0000<token>:, which no path or label holds
+        self.marks = re.compile('"' + re.escape(json.dumps(self.mark)[1:-1]) + '([^"]*)"')
+        self.texts: dict[tuple, str] = {}
+
+    def text(self, varying: dict[str, Any]) -> str:
+        values = {key: value for key, value in varying.items() if not isinstance(value, dict)}
+        nested = {key: value for key, value in varying.items() if isinstance(value, dict)}
+        values.update((f"{key}.{inner}", value) for key, body in nested.items() for inner, value in body.items())
+        if not all(value is None or isinstance(value, (str, int, float)) for value in values.values()) or \
+                not all(isinstance(inner, str) for body in nested.values() for inner in body):
+            return dumps({**varying, **self.constants})
+        shape = tuple((key, tuple(value) if isinstance(value, dict) else None) for key, value in varying.items())
+        if shape not in self.texts:
+            marked = {key: {inner: f"{self.mark}{key}.{inner}" for inner in value} if isinstance(value, dict) else f"{self.mark}{key}"
+                      for key, value in varying.items()}
+            self.texts[shape] = dumps({**marked, **self.constants})
+        encoded = {key: json.dumps(value) for key, value in values.items()}
+        return self.marks.sub(lambda match: encoded[match.group(1)], self.texts[shape])
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"  # as store.write_json writes it
 
 
 def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
@@ -365,6 +415,13 @@ class SubmitResult:
 
 def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: SlurmSettings, *,
                        run: str | None = None, force: bool = False, dry_run: bool = False) -> SubmitResult:
+    """`plan_save_submit`, resolving each checkpoint's and run dir's real path once."""
+    with identity.resolving_once():
+        return plan_save_submit(config, choice, settings, run=run, force=force, dry_run=dry_run)
+
+
+def plan_save_submit(config: EvalConfig, choice: CheckpointChoice, settings: SlurmSettings, *,
+                     run: str | None = None, force: bool = False, dry_run: bool = False) -> SubmitResult:
     """Plan, claim, save and submit; with dry_run, save under a temp dir and submit nothing.
 
     Raises:
