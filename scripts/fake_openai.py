@@ -29,6 +29,7 @@ Environment:
   LOG        file to append every request to, one JSON object per line          [unset]
   DELAY_FILE file whose number, while it exists, replaces DELAY_S per request    [unset]
   PORT_FILE  file to write the bound port to, once listening                    [unset]
+  HOST       the address to listen on (0.0.0.0: reachable from other nodes)      [127.0.0.1]
 """
 import json
 import os
@@ -177,7 +178,7 @@ def main(argv):
     if "--metrics-port" in options:
         metrics_socket = socket.socket()
         metrics_socket.bind(("127.0.0.1", int(options["--metrics-port"])))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), port), Handler)
     server.daemon_threads = True  # a request sleeping in DELAY_S does not delay exit
     port = server.server_address[1]
     signal.signal(signal.SIGTERM, _stop)
