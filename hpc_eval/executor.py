@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from hpc_eval.allocation import job_nodes
-from hpc_eval.executor_scripts import Layout, Options, add_secrets, plan_task, render_script, task_commands
+from hpc_eval.executor_scripts import Layout, Options, add_secrets, plan_task, proxy_on_server_port, render_script, task_commands
 from hpc_eval.launcher_tree import clear_stages, is_running, new_invocation_dir, read_stage_exit, was_interrupted
 from hpc_eval.ports import serves
 from hpc_eval.resources import RUNTIMES
@@ -114,6 +114,7 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     invocation_id = generate_invocation_id()
     invocation_dir = new_invocation_dir(cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id)
     invocation_dir.mkdir(parents=True, exist_ok=True)
+    proxy_on_server_port(cfg, options)
     nodes = job_nodes()
     layout = options.layout(len(nodes)) if cfg.deployment.type != "none" else Layout()
     write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason, "nodes": nodes, "layout": dataclasses.asdict(layout)})

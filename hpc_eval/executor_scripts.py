@@ -233,6 +233,13 @@ def multi_node_command(command: str, port: int, runtime: str, layout: Layout) ->
     return f"export PROC_ID=${{SLURM_PROCID:-0}} NODES_PER_INSTANCE={layout.nodes_per_instance}; {command}"
 
 
+def proxy_on_server_port(cfg, options: Options) -> None:
+    """With several instances the launcher's client talks to proxy.config.haproxy_port: make it the
+    port the job chose for the server (deployment.port), where our haproxy listens."""
+    if options.num_instances > 1 and cfg.deployment.type != "none":
+        OmegaConf.update(cfg, "execution.proxy.config.haproxy_port", cfg.deployment.port, force_add=True)
+
+
 def launch_proxy(runtime: str, layout: Layout) -> str:
     """The command that runs haproxy with $proxy_cfg, on this node (the first of the job)."""
     macros = templates().get_template("runtime-commands.sh.j2").module
@@ -299,6 +306,7 @@ def task_commands(launcher: dict[str, Any], runtime: str, layout: Layout = Layou
 
     cfg = OmegaConf.create(launcher)
     options, mapping, found = Options.from_config(cfg), load_tasks_mapping(), []
+    proxy_on_server_port(cfg, options)
     invocation_dir = Path(cfg.execution.output_dir).absolute() / "<YYYYmmdd_HHMMSS>-<invocation_id>"
     for index, task in enumerate(cfg.evaluation.tasks):
         task_dir = invocation_dir / get_unique_task_name(task.name, index)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import time
@@ -84,8 +85,12 @@ def posts(log: Path) -> list[dict]:
 
 def assert_client_ran_once(summary: dict, task_dir: Path) -> None:
     """One launcher invocation with one task, one summary from rank 0, the 4 samples asked once."""
-    invocations = [path for path in task_dir.parent.parent.iterdir() if path.is_dir()]
+    eval_dir = task_dir.parent.parent
+    invocations = [path for path in eval_dir.iterdir() if re.fullmatch(r"\d{8}_\d{6}-\w+", path.name)]
     assert invocations == [task_dir.parent], invocations
+    # rank 1 (node2) returned at once with nothing evaluated: submitit's result of its task
+    (rank1,) = (eval_dir / "submitit").glob("*_1_result.pkl")
+    assert pickle.loads(rank1.read_bytes()) == ("success", {"rank": 1, "node": "node2", "role": "hosts the steps rank 0 starts"})
     assert summary["node"] == "node1" and summary["nodes"] == ["node1", "node2"]
     assert summary["tasks"][task_dir.name]["metrics"]["bfcl/python_simple_ast_non_live"] == 25.0
     logs = sorted((task_dir / "work").glob("requests-*.jsonl"))
