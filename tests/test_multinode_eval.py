@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from fakeckpt import make_run
-from slurm_helpers import CONFIGS, REPO, submit_json, wait_for_state
+from slurm_helpers import CONFIGS, REPO, hpc_eval, submit_json, wait_for_file, wait_for_state
 
 from multinode_helpers import multinode_cluster, multinode_env  # noqa: F401  (fixtures)
 from test_configs_users import ENV, HPC_EVAL, dry_run
@@ -133,14 +133,37 @@ def test_scancel_of_a_multinode_evaluation_leaves_no_process_on_any_node(multino
     deadline = time.monotonic() + 180
     while True:  # the server's head on node1, its worker on node2, the client asking
         running = {node.name: " ".join(multinode_env.processes_on(node.name).values()) for node in multinode_env.nodes}
-        if "fake_openai.py" in running["node1"] and "multinode_server.py" in running["node2"] \
-                and list(Path(task["eval_dir"]).rglob("requests-node1.jsonl")):
+        logs = list(Path(task["eval_dir"]).rglob("requests-node1.jsonl"))
+        if "fake_openai.py" in running["node1"] and "multinode_server.py" in running["node2"] and logs and posts(logs[0]):
             break
         assert time.monotonic() < deadline, running
         time.sleep(0.5)
     assert multinode_env.slurm("scancel", job.split("_")[0]).returncode == 0
     assert wait_for_state(job, timeout=120) == "CANCELLED"
+    assert json.loads((Path(task["eval_dir"]) / "summary.json").read_text())["state"] == "CANCELLED"
     deadline = time.monotonic() + 30  # KillWait is 5 s
     while any(left := {node.name: multinode_env.processes_on(node.name) for node in multinode_env.nodes}.values()):
         assert time.monotonic() < deadline, left
         time.sleep(0.5)
+
+
+@on_multinode
+def test_watch_submits_new_checkpoints_as_an_array_of_two_node_allocations(multinode_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
+    run = make_run(tmp_path / "my-run" / "checkpoints", [100, 200])
+    args = ("watch", run, "-c", MULTINODE / "two_node_host.yaml", "--output-dir", tmp_path / "evals", "--quiet-seconds", "0", "--json")
+    first = hpc_eval(*args)
+    assert first.exit_code == 0, first.output
+    submitted = [action for action in json.loads(first.output)["actions"] if action["action"] == "submitted"]
+    assert len(submitted) == 2, first.output
+    summaries = []
+    for action in submitted:
+        wait_for_file(Path(action["eval_dir"]) / "summary.json", timeout=400)
+        summaries.append(json.loads((Path(action["eval_dir"]) / "summary.json").read_text()))
+    jobs = sorted(summary["slurm_job_id"] for summary in summaries)
+    assert len({job.split("_")[0] for job in jobs}) == 1 and all("_" in job for job in jobs), jobs  # one array
+    for summary in summaries:
+        assert wait_for_state(summary["slurm_job_id"], timeout=120) == "COMPLETED" and summary["state"] == "COMPLETED", summary
+        assert summary["nodes"] == ["node1", "node2"] and summary["node"] == "node1", summary
+    again = hpc_eval(*args)  # the next pass: both evaluated, nothing to submit
+    assert again.exit_code == 0 and not [a for a in json.loads(again.output)["actions"] if a["action"] == "submitted"], again.output
