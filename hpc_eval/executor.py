@@ -117,7 +117,8 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     proxy_on_server_port(cfg, options)
     nodes = job_nodes()
     layout = options.layout(len(nodes)) if cfg.deployment.type != "none" else Layout()
-    write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason, "nodes": nodes, "layout": dataclasses.asdict(layout)})
+    spread = {"nodes": nodes, "layout": dataclasses.asdict(layout)} if layout.multi else {}
+    write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason, **spread})
     mapping, tasks = load_tasks_mapping(), []
     for index, task in enumerate(cfg.evaluation.tasks):
         task_dir = invocation_dir / get_unique_task_name(task.name, index)
@@ -220,7 +221,7 @@ def resume_invocation(jobs: dict) -> None:
 def preview(launcher: dict[str, Any]) -> str:
     """`task_commands` of every runtime the job may use, as text for `hpc-eval submit --dry-run`."""
     options = Options.from_config(OmegaConf.create(launcher))
-    requested, layout = options.runtime, options.layout(options.num_nodes or 1)
+    requested, layout = options.runtime, options.layout(options.num_nodes or options.num_instances)
     lines = [f"execution.runtime: {requested}" + (" (the job takes the first that works, in this order)" if requested == "auto" else ""),
              "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
     if layout.multi and serves(launcher):

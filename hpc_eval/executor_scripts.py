@@ -64,6 +64,10 @@ class Options:
                    int(num_nodes) if num_nodes else None, int(execution.get("num_instances") or 1),
                    int(n_tasks) if n_tasks else None, proxy)
 
+    @property
+    def docker_network_given(self) -> bool:
+        return bool(re.search(r"--net(work)?\b", self.extra_docker_args))
+
     def layout(self, allocation_nodes: int) -> "Layout":
         """How the server spreads over the nodes, as the launcher's slurm executor spreads it."""
         nodes = self.num_nodes or allocation_nodes
@@ -92,10 +96,6 @@ class Layout:
     @property
     def multi(self) -> bool:
         return self.instances > 1 or self.nodes_per_instance > 1
-
-    @property
-    def docker_network_given(self) -> bool:
-        return bool(re.search(r"--net(work)?\b", self.extra_docker_args))
 
 
 @dataclass(frozen=True)
