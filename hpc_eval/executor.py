@@ -226,8 +226,8 @@ def preview(launcher: dict[str, Any]) -> str:
              "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
     if layout.multi and serves(launcher):
         lines.append(f"model server: {layout.instances} instance(s) of {layout.nodes_per_instance} node(s), {layout.tasks_per_node} task(s) per node, "
-                     f"started with srun on the job's nodes" + (f"; haproxy in front ({layout.proxy_image} in a container runtime)"
-                                                               if layout.instances > 1 else ""))
+                     f"started with srun on the job's nodes" + (f"; haproxy in front ({layout.proxy_image} in a container runtime), "
+                                                               f"on the port the job chooses" if layout.instances > 1 else ""))
     for runtime in RUNTIMES if requested == "auto" else (requested,):
         lines.append(f"runtime {runtime}:")
         if layout.multi and runtime == "docker":

@@ -161,13 +161,12 @@ def migrate_env_vars(cfg: DictConfig, source: Path) -> list[str]:
 
 
 def check_layout(slurm: SlurmSettings, launcher: dict[str, Any], source: Path) -> None:
-    """The server's nodes (execution.num_nodes, split into num_instances) fit the job's slurm.nodes."""
+    """The server's nodes (execution.num_nodes, default slurm.nodes, split into num_instances) fit the job's slurm.nodes."""
     execution = launcher.get("execution") or {}
-    nodes, instances = execution.get("num_nodes"), execution.get("num_instances") or 1
+    nodes, instances = execution.get("num_nodes") or slurm.nodes, execution.get("num_instances", 1)
+    instances = 1 if instances is None else instances
     if not isinstance(instances, int) or instances < 1:
         raise ConfigError(f"{source}: execution.num_instances is {instances!r}: give a whole number of servers, at least 1")
-    if nodes is None:
-        return
     if not isinstance(nodes, int) or nodes < 1 or nodes % instances:
         raise ConfigError(f"{source}: execution.num_nodes ({nodes!r}) must be a whole number divisible by execution.num_instances ({instances}): "
                           f"each server instance gets num_nodes / num_instances nodes")
