@@ -228,8 +228,9 @@ def multi_node_command(command: str, port: int, runtime: str, layout: Layout) ->
     if runtime == "docker":
         raise ValueError("execution.runtime docker cannot start one server across nodes or servers on other nodes "
                          "(docker run starts a container on this node only); use execution.runtime pyxis, apptainer or host")
-    (match,) = port_arguments(command, port)  # exactly one: the payload's with_port checked it
-    command = f"{command[:match.start()]}{match['flag']}${{INSTANCE_PORT}}{command[match.end():]}"
+    matches = port_arguments(command, port)  # one, or none where the port goes in by env (a NIM's)
+    if len(matches) == 1:
+        command = f"{command[:matches[0].start()]}{matches[0]['flag']}${{INSTANCE_PORT}}{command[matches[0].end():]}"
     return f"export PROC_ID=${{SLURM_PROCID:-0}} NODES_PER_INSTANCE={layout.nodes_per_instance}; {command}"
 
 
