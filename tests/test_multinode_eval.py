@@ -112,6 +112,17 @@ def test_a_server_across_two_nodes_serves_one_evaluation(multinode_env, tmp_path
 
 
 @on_multinode
+def test_a_server_started_on_the_first_node_only_never_gets_ready(multinode_env, tmp_path, monkeypatch):
+    """The same config with the server on one node of the two (execution.num_nodes=1): its head
+    waits for a worker that never comes, so the evaluation fails on readiness, naming why."""
+    task = submit(tmp_path, monkeypatch, "two_node_host", "+execution.num_nodes=1", "execution.endpoint_readiness_timeout=8")
+    assert wait_for_state(task["slurm_job_id"], timeout=300) == "FAILED"
+    summary = json.loads((Path(task["eval_dir"]) / "summary.json").read_text())
+    assert summary["state"] == "FAILED" and "model server: readiness timeout" in summary["reason"], summary
+    assert summary["nodes"] == ["node1", "node2"]
+
+
+@on_multinode
 def test_two_instances_behind_haproxy_both_get_requests(multinode_env, tmp_path, monkeypatch):
     summary, task_dir = finished(submit(tmp_path, monkeypatch, "instances_host"))
     assert_client_ran_once(summary, task_dir)
