@@ -307,7 +307,7 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
                           if isinstance(task, dict))]:
         refuse_line_breaks(value, what)
     config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
-    launcher_executors.check_single_node(config.slurm, source)
+    launcher_executors.check_layout(config.slurm, config.launcher, source)
     check_launcher_shape(config)
     return config
 

@@ -19,6 +19,7 @@ Each task's plan, commands and driver script come from executor_scripts.py and t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shlex
@@ -30,8 +31,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpc_eval.executor_scripts import Options, add_secrets, plan_task, render_script, task_commands
+from hpc_eval.allocation import job_nodes
+from hpc_eval.executor_scripts import (
+    Layout,
+    Options,
+    add_secrets,
+    plan_task,
+    proxy_on_server_port,
+    render_script,
+    task_commands,
+)
 from hpc_eval.launcher_tree import clear_stages, is_running, new_invocation_dir, read_stage_exit, was_interrupted
+from hpc_eval.ports import serves
 from hpc_eval.resources import RUNTIMES
 from hpc_eval.store import write_json
 
@@ -115,12 +126,16 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     invocation_id = generate_invocation_id()
     invocation_dir = new_invocation_dir(cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id)
     invocation_dir.mkdir(parents=True, exist_ok=True)
-    write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason})
+    proxy_on_server_port(cfg, options)
+    nodes = job_nodes()
+    layout = options.layout(len(nodes)) if cfg.deployment.type != "none" else Layout()
+    spread = {"nodes": nodes, "layout": dataclasses.asdict(layout)} if layout.multi else {}
+    write_json(invocation_dir / "runtime.json", {"runtime": runtime, "reason": reason, **spread})
     mapping, tasks = load_tasks_mapping(), []
     for index, task in enumerate(cfg.evaluation.tasks):
         task_dir = invocation_dir / get_unique_task_name(task.name, index)
         task_dir.mkdir(exist_ok=True)
-        tasks.append(plan_task(cfg, task, index, runtime, mapping, task_dir, invocation_id, options))
+        tasks.append(plan_task(cfg, task, index, runtime, mapping, task_dir, invocation_id, options, layout=layout))
         add_secrets(cfg, task, tasks[-1])
         (task_dir / "run.sh").write_text(render_script(tasks[-1:], runtime, reason, invocation_id, options))
     if options.sequential:
@@ -217,12 +232,20 @@ def resume_invocation(jobs: dict) -> None:
 
 def preview(launcher: dict[str, Any]) -> str:
     """`task_commands` of every runtime the job may use, as text for `hpc-eval submit --dry-run`."""
-    requested = Options.from_config(OmegaConf.create(launcher)).runtime
+    options = Options.from_config(OmegaConf.create(launcher))
+    requested, layout = options.runtime, options.layout(options.num_nodes or options.num_instances)
     lines = [f"execution.runtime: {requested}" + (" (the job takes the first that works, in this order)" if requested == "auto" else ""),
              "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
+    if layout.multi and serves(launcher):
+        lines.append(f"model server: {layout.instances} instance(s) of {layout.nodes_per_instance} node(s), {layout.tasks_per_node} task(s) per node, "
+                     f"started with srun on the job's nodes" + (f"; haproxy in front ({layout.proxy_image} in a container runtime), "
+                                                               f"on the port the job chooses" if layout.instances > 1 else ""))
     for runtime in RUNTIMES if requested == "auto" else (requested,):
         lines.append(f"runtime {runtime}:")
-        for task in task_commands(launcher, runtime):
+        if layout.multi and runtime == "docker":
+            lines.append("  (cannot start a server on other nodes: the job fails if it picks docker)")
+            continue
+        for task in task_commands(launcher, runtime, layout):
             lines.append(f"  task_dir={task['task_dir']}")
             if task["server"]:
                 lines += [f"    server: {task['server']}", f"      SERVER_COMMAND={shlex.quote(task['server_command'])}",

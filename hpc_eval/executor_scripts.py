@@ -18,9 +18,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from omegaconf import OmegaConf
 
+from hpc_eval.ports import port_arguments
 from hpc_eval.resources import RUNTIME_CHOICES, TEMPLATES
 
 ARTIFACTS = "$artifacts_dir"  # the task's artifacts dir as the driver script names it
@@ -39,6 +41,12 @@ class Options:
     mount_home: bool = False  # as --no-container-mount-home / --no-home unless asked for
     deployment_mounts: dict = field(default_factory=dict)
     evaluation_mounts: dict = field(default_factory=dict)
+    # the launcher slurm executor's multi-node keys: execution.num_nodes (None: the allocation's
+    # nodes), num_instances, deployment.n_tasks (all instances' server tasks), proxy
+    num_nodes: int | None = None
+    num_instances: int = 1
+    n_tasks: int | None = None
+    proxy: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg) -> Options:
@@ -51,13 +59,48 @@ class Options:
         runtime = execution.get("runtime", "auto")
         if runtime not in RUNTIME_CHOICES:
             raise ValueError(f"execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")
+        proxy = OmegaConf.to_container(execution.proxy) if execution.get("proxy") else {}
+        if proxy.get("type", "haproxy") != "haproxy":
+            raise ValueError(f"Unsupported proxy type: {proxy['type']}. Currently only 'haproxy' is supported.")
+        num_nodes, n_tasks = execution.get("num_nodes"), (execution.get("deployment") or {}).get("n_tasks")
         return cls(runtime, mode == "sequential", int(execution.get("endpoint_readiness_timeout") or 600),
                    str(execution.get("extra_docker_args") or ""), bool(mounts.get("mount_home", False)),
-                   dict(mounts.get("deployment") or {}), dict(mounts.get("evaluation") or {}))
+                   dict(mounts.get("deployment") or {}), dict(mounts.get("evaluation") or {}),
+                   int(num_nodes) if num_nodes else None, int(execution.get("num_instances") or 1),
+                   int(n_tasks) if n_tasks else None, proxy)
 
     @property
     def docker_network_given(self) -> bool:
         return bool(re.search(r"--net(work)?\b", self.extra_docker_args))
+
+    def layout(self, allocation_nodes: int) -> Layout:
+        """How the server spreads over the nodes, as the launcher's slurm executor spreads it."""
+        nodes = self.num_nodes or allocation_nodes
+        if nodes % self.num_instances:
+            raise ValueError(f"execution.num_nodes ({nodes}) must be divisible by execution.num_instances ({self.num_instances})")
+        if nodes > allocation_nodes:
+            raise ValueError(f"execution.num_nodes is {nodes} but the job has {allocation_nodes} node(s): set slurm.nodes={nodes}")
+        per_instance = nodes // self.num_instances
+        tasks_per_node = max(1, (self.n_tasks or nodes) // self.num_instances // per_instance)
+        config = self.proxy.get("config") or {}
+        return Layout(self.num_instances, per_instance, tasks_per_node, str(self.proxy.get("image") or "haproxy:latest"),
+                      str(config.get("health_check_path") or ""), int(config.get("health_check_status") or 200))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The model server's shape: `instances` servers of `nodes_per_instance` nodes each, behind haproxy when more than one."""
+
+    instances: int = 1
+    nodes_per_instance: int = 1
+    tasks_per_node: int = 1
+    proxy_image: str = "haproxy:latest"
+    health_check_path: str = ""  # "": the deployment's health endpoint
+    health_check_status: int = 200
+
+    @property
+    def multi(self) -> bool:
+        return self.instances > 1 or self.nodes_per_instance > 1
 
 
 @dataclass(frozen=True)
@@ -114,10 +157,12 @@ def map_container_paths(value: Any, paths: dict[str, str]) -> Any:
 
 
 def launch_command(runtime: str, role: str, image: str, mounts: list[Mount], env_names: list[str],
-                   options: Options, port: Any = None) -> str:
-    """The one shell command that starts the model server (role "server") or the client in `runtime`."""
+                   options: Options, port: Any = None, layout: Layout | None = None) -> str:
+    """The one shell command that starts the model server (role "server") or the client in `runtime`;
+    a multi-node server's on the nodes in $nodelist."""
     macros = templates().get_template("runtime-commands.sh.j2").module
-    return str(macros.launch(runtime, role, image, [mount.spec() for mount in mounts], env_names, options, port))
+    return str(macros.launch(runtime, role, image, [mount.spec() for mount in mounts], env_names, options, port,
+                             layout if layout and layout.multi else None))
 
 
 @functools.cache
@@ -139,7 +184,7 @@ def apptainer_image(image: str) -> str:
 
 
 def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path, invocation_id: str,
-              options: Options, *, with_command: bool = True) -> dict[str, Any]:
+              options: Options, *, with_command: bool = True, layout: Layout = Layout()) -> dict[str, Any]:
     """What the driver script needs for one task, computed as the local executor does."""
     from nemo_evaluator_launcher.common.env_vars import collect_eval_env_vars
     from nemo_evaluator_launcher.common.helpers import (
@@ -166,7 +211,7 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
         "dir": str(task_dir), "image": image, "container": f"client-{task.name}-{stamp}", "env_names": env_names,
         "unlisted": bool(definition.get("is_unlisted")) and not is_local_image_path(image), "dataset_env": dataset_env,
         "launch": launch_command(runtime, "client", image, [] if runtime == "host" else mounts, env_names, options),
-        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options, invocation_id) if cfg.deployment.type != "none" else None,
+        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options, invocation_id, layout) if cfg.deployment.type != "none" else None,
         "secrets": False, "reexport": "", "eval_command": "", "debug": "", "unsafe": False,
         "links": links(mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
     }
@@ -179,7 +224,7 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
 
 
 def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp: str, options: Options,
-                invocation_id: str) -> dict[str, Any]:
+                invocation_id: str, layout: Layout = Layout()) -> dict[str, Any]:
     """The model server: the local executor's mounts and env, its health URL; the Slurm layout's /results."""
     from nemo_evaluator_launcher.common.env_vars import collect_deployment_env_vars
     from nemo_evaluator_launcher.common.helpers import get_endpoint_url, get_health_url
@@ -195,14 +240,47 @@ def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp
     command, host_mounts = str(deployment.command), mounts + [Mount(ARTIFACTS, "/results")]
     if runtime == "host":
         command = map_container_paths(command, host_paths(host_mounts, task_dir / "artifacts", invocation_id))
+    health_url = get_health_url(cfg, get_endpoint_url(cfg, {}, definition["endpoint_type"]))
+    if layout.multi:
+        command, env_names = multi_node_command(command, deployment.port, runtime, layout), sorted({*env_names, *MULTI_NODE_ENV})
     return {
         "image": str(deployment.get("image")), "port": deployment.port, "env_names": env_names, "command": command,
         "links": links(host_mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
-        "container": f"server-{task.name}-{stamp}", "reexport": "",
-        "health_url": get_health_url(cfg, get_endpoint_url(cfg, {}, definition["endpoint_type"])),
+        "container": f"server-{task.name}-{stamp}", "reexport": "", "health_url": health_url,
         "launch": launch_command(runtime, "server", str(deployment.get("image")), [] if runtime == "host" else mounts,
-                                 env_names, options, deployment.port),
+                                 env_names, options, deployment.port, layout),
+        "layout": layout if layout.multi else None,
+        "health_path": layout.health_check_path or urlsplit(health_url).path,
+        "proxy_launch": launch_proxy(runtime, layout) if layout.instances > 1 else "",
     }
+
+
+MULTI_NODE_ENV = ("MASTER_IP", "ALL_NODE_IPS", "INSTANCE_PORT")  # set by the driver script for every server task
+
+
+def multi_node_command(command: str, port: int, runtime: str, layout: Layout) -> str:
+    """The deployment command as each task of a multi-node server runs it: with the launcher's
+    PROC_ID (rank in its instance) and NODES_PER_INSTANCE, and its port the instance's own."""
+    if runtime == "docker":
+        raise ValueError("execution.runtime docker cannot start one server across nodes or servers on other nodes "
+                         "(docker run starts a container on this node only); use execution.runtime pyxis, apptainer or host")
+    matches = port_arguments(command, port)  # one, or none where the port goes in by env (a NIM's)
+    if len(matches) == 1:
+        command = f"{command[:matches[0].start()]}{matches[0]['flag']}${{INSTANCE_PORT}}{command[matches[0].end():]}"
+    return f"export PROC_ID=${{SLURM_PROCID:-0}} NODES_PER_INSTANCE={layout.nodes_per_instance}; {command}"
+
+
+def proxy_on_server_port(cfg, options: Options) -> None:
+    """With several instances the launcher's client talks to proxy.config.haproxy_port: make it the
+    port the job chose for the server (deployment.port), where our haproxy listens."""
+    if options.num_instances > 1 and cfg.deployment.type != "none":
+        OmegaConf.update(cfg, "execution.proxy.config.haproxy_port", cfg.deployment.port, force_add=True)
+
+
+def launch_proxy(runtime: str, layout: Layout) -> str:
+    """The command that runs haproxy with $proxy_cfg, on this node (the first of the job)."""
+    macros = templates().get_template("runtime-commands.sh.j2").module
+    return str(macros.proxy(runtime, layout.proxy_image))
 
 
 def eval_factory_command(cfg, task, definition: dict, runtime: str, paths: dict[str, str]) -> tuple[Any, str]:
@@ -260,7 +338,7 @@ def render_script(tasks: list[dict], runtime: str, reason: str, invocation_id: s
         readiness_timeout=options.readiness_timeout, python=sys.executable, python_bin=Path(sys.executable).parent)
 
 
-def task_commands(launcher: dict[str, Any], runtime: str) -> list[dict[str, Any]]:
+def task_commands(launcher: dict[str, Any], runtime: str, layout: Layout = Layout()) -> list[dict[str, Any]]:
     """Per task, the lines the driver script would run in `runtime`; no directory, no secret resolved."""
     from hpc_eval.launcher import import_launcher
 
@@ -270,10 +348,11 @@ def task_commands(launcher: dict[str, Any], runtime: str) -> list[dict[str, Any]
 
     cfg = OmegaConf.create(launcher)
     options, mapping, found = Options.from_config(cfg), load_tasks_mapping(), []
+    proxy_on_server_port(cfg, options)
     invocation_dir = Path(cfg.execution.output_dir).absolute() / "<YYYYmmdd_HHMMSS>-<invocation_id>"
     for index, task in enumerate(cfg.evaluation.tasks):
         task_dir = invocation_dir / get_unique_task_name(task.name, index)
-        plan = plan_task(cfg, task, index, runtime, mapping, task_dir, "<invocation_id>", options, with_command=False)
+        plan = plan_task(cfg, task, index, runtime, mapping, task_dir, "<invocation_id>", options, with_command=False, layout=layout)
         server = plan["server"] or {}
         found.append({"task": task_dir.name, "task_dir": str(task_dir), "client": plan["launch"], "server": server.get("launch"),
                       "server_command": server.get("command"), "health_url": server.get("health_url")})

@@ -28,7 +28,8 @@ from hpc_eval.slurm import SlurmSettings
 EXECUTION_TO_SLURM = {"account": "account", "partition": "partition", "walltime": "time", "num_nodes": "nodes", "gpus_per_node": "gpus_per_node"}
 RUN_ENV_TO_SLURM = {"account": "account", "partition": "partition", "time": "time", "gpus_per_node": "gpus_per_node", "nodes": "nodes"}
 # execution keys that stay when a launcher slurm executor becomes ours (the local executor's, which ours reads)
-KEPT_EXECUTION_KEYS = ("output_dir", "mode", "mounts", "endpoint_readiness_timeout", "auto_export", "runtime", "extra_docker_args")
+KEPT_EXECUTION_KEYS = ("output_dir", "mode", "mounts", "endpoint_readiness_timeout", "auto_export", "runtime", "extra_docker_args",
+                       "num_nodes", "num_instances", "deployment", "proxy")  # the last four: the server's layout across nodes
 SSH_ONLY_KEYS = ("hostname", "username")
 SBATCH_KEYS = ("constraint", "exclusive", "qos", "mem", "cpus_per_task")  # sbatch_extra_flags that are slurm: keys
 GRES_GPUS = re.compile(r"gpu(?::[\w.-]+)?:(\d+)")
@@ -159,9 +160,16 @@ def migrate_env_vars(cfg: DictConfig, source: Path) -> list[str]:
     return [note]
 
 
-def check_single_node(slurm: SlurmSettings, source: Path) -> None:
-    """Until multi-node evaluation exists, each node would run the whole evaluation again."""
-    nodes = slurm.nodes or 1
-    if int(nodes) > 1:
-        raise ConfigError(f"{source}: slurm.nodes (or execution.num_nodes / run.env.nodes) is {nodes}: multi-node evaluation "
-                          f"is not supported yet (each node would run the whole evaluation); set slurm.nodes=1")
+def check_layout(slurm: SlurmSettings, launcher: dict[str, Any], source: Path) -> None:
+    """The server's nodes (execution.num_nodes, default slurm.nodes, split into num_instances) fit the job's slurm.nodes."""
+    execution = launcher.get("execution") or {}
+    nodes, instances = execution.get("num_nodes") or slurm.nodes, execution.get("num_instances", 1)
+    instances = 1 if instances is None else instances
+    if not isinstance(instances, int) or instances < 1:
+        raise ConfigError(f"{source}: execution.num_instances is {instances!r}: give a whole number of servers, at least 1")
+    if not isinstance(nodes, int) or nodes < 1 or nodes % instances:
+        raise ConfigError(f"{source}: execution.num_nodes ({nodes!r}) must be a whole number divisible by execution.num_instances ({instances}): "
+                          f"each server instance gets num_nodes / num_instances nodes")
+    if nodes > slurm.nodes:
+        raise ConfigError(f"{source}: execution.num_nodes is {nodes} but slurm.nodes is {slurm.nodes}: the job must have the server's nodes; "
+                          f"set slurm.nodes={nodes}")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpc_eval import identity
+from hpc_eval import allocation, identity
 from hpc_eval.errors import EvaluationFailed
 from hpc_eval.executor_scripts import remove_links
 from hpc_eval.launcher_tree import find_invocation_dir, task_outcome
@@ -58,6 +58,8 @@ def run(eval_dir: Path) -> dict[str, Any]:
     Raises:
         EvaluationFailed: the checkpoint vanished or a task failed (the job then ends FAILED).
     """
+    if allocation.rank() != 0:  # another node of a multi-node job: rank 0's srun steps use it
+        return {"rank": allocation.rank(), "node": os.environ.get("SLURMD_NODENAME"), "role": "hosts the steps rank 0 starts"}
     paths = EvalPaths(eval_dir)
     request = paths.read_request()
     summary = {"started_at": now_iso(), "dry_run": request.get("dry_run", False), **job_facts()}
@@ -119,6 +121,7 @@ def job_facts() -> dict[str, Any]:
     return {
         "slurm_job_id": job_id,
         "node": os.environ.get("SLURMD_NODENAME"),
+        "nodes": allocation.job_nodes() if os.environ.get("SLURM_JOB_NODELIST") else None,
         "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0) + 1,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

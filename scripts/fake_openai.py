@@ -29,7 +29,8 @@ Environment:
   LOG        file to append every request to, one JSON object per line          [unset]
   DELAY_FILE file whose number, while it exists, replaces DELAY_S per request    [unset]
   PORT_FILE  file to write the bound port to, once listening                    [unset]
-  BIND       the address to listen on (0.0.0.0 in a container on docker's bridge)  [127.0.0.1]
+  BIND       the address to listen on (0.0.0.0 in a container on docker's bridge, or to be reached
+             from other nodes)                                                        [127.0.0.1]
 """
 import json
 import os

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh ${HPC_EVAL_FRESH_SLURM:+--fresh}
 # 2 nodes for tests marked multinode; where namespaces are not allowed they skip, except in CI
 bash scripts/start-slurm-multinode.sh ${HPC_EVAL_FRESH_SLURM:+--fresh} || [ "${HPC_EVAL_REQUIRE_MULTINODE:-}" != 1 ]
+bash scripts/install-haproxy.sh   # multi-instance evaluations' load balancer (host runtime)
 command -v scrontab >/dev/null || bash scripts/build-scrontab.sh   # Debian ships no scrontab client
 bash scripts/start-docker.sh >/dev/null
 bash scripts/build-test-image.sh

@@ -570,13 +570,12 @@ BAD_INPUTS = [
         id="task-filters-key-no-match",
     ),
     pytest.param(
-        {"exec_slurm.yaml": ENDPOINT_YAML.replace("type: local", "type: slurm\n  num_nodes: 2")},
+        {"exec_slurm.yaml": ENDPOINT_YAML.replace("type: local", "type: slurm\n  num_nodes: 3\n  num_instances: 2")},
         ["-c", "CFG/exec_slurm.yaml"],
         [
             "exec_slurm.yaml",
-            "execution.num_nodes",
-            "multi-node evaluation is not supported yet",
-            "slurm.nodes=1",
+            "execution.num_nodes (3)",
+            "divisible by execution.num_instances (2)",
         ],
         id="execution-type-slurm-multi-node",
     ),

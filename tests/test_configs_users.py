@@ -176,11 +176,13 @@ def test_launcher_slurm_config_runs_in_the_allocation(tmp_path):
     assert any("execution.hostname, execution.username" in note and "neither required nor used" in note for note in answer["notes"])
 
 
-def test_launcher_slurm_account_reaches_sbatch_and_nodes_above_one_are_refused(tmp_path):
+def test_launcher_slurm_account_and_nodes_reach_sbatch(tmp_path):
     _, answer = accepted(tmp_path, "-c", str(USERS / "slurm_launcher.yaml"), "execution.account=proj-a")
     assert "#SBATCH --account=proj-a" in answer["sbatch_script"]
-    lines = refused(tmp_path, "-c", str(USERS / "slurm_launcher.yaml"), "execution.num_nodes=2")
-    assert "multi-node evaluation is not supported yet" in lines[0] and "slurm.nodes=1" in lines[0]
+    saved, answer = accepted(tmp_path, "-c", str(USERS / "slurm_launcher.yaml"), "execution.num_nodes=2")
+    assert "#SBATCH --nodes=2" in answer["sbatch_script"] and saved["execution"]["num_nodes"] == 2
+    lines = refused(tmp_path, "-c", str(USERS / "slurm_launcher.yaml"), "slurm.nodes=1", "execution.num_nodes=2")
+    assert "execution.num_nodes is 2 but slurm.nodes is 1" in lines[0] and "slurm.nodes=2" in lines[0]
 
 
 def test_nemotron_run_env_fills_the_slurm_section_and_env_vars_migrate(tmp_path):
