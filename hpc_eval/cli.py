@@ -518,3 +518,33 @@ def show_scan_progress(done: int, total: int) -> None:
     """`reading evaluations N/M`, rewritten in place on stderr and erased when the scan ends."""
     line = f"\rreading evaluations {done}/{total}" if done < total else "\r\033[K"
     click.echo(line, err=True, nl=False)
+
+
+@main.command("export")
+@click.argument("roots", nargs=-1, type=click.Path())
+@click.option("--to", "destinations", multiple=True, required=True, type=click.Choice(["wandb", "mlflow"]),
+              help="Where to log the scores; repeatable.")
+@click.option("--project", help="W&B project / MLflow experiment (default: export.<dest> in the config, else hpc-eval).")
+@click.option("--name", help="The tracking run's name (default: the run's label and its config hash).")
+@click.option("--entity", help="W&B entity (team).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: export.mlflow.tracking_uri, else MLFLOW_TRACKING_URI).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was logged as JSON.")
+@translate_errors
+def export_command(roots, destinations, project, name, entity, tracking_uri, as_json):
+    """Log finished evaluations' scores to W&B / MLflow at step = training iteration (again: adds nothing).
+
+    \b
+    Examples:
+      hpc-eval export results/ --to wandb --project my-team
+      hpc-eval export results/ --to mlflow --tracking-uri http://mlflow:5000
+    """
+    from hpc_eval.export import export
+
+    report = export([Path(root) for root in default_roots(roots)], destinations, project=project, name=name,
+                    entity=entity, tracking_uri=tracking_uri)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for dest, logged in report.logged.items():
+        runs = sorted({item["tracking_run"] for item in logged})
+        click.echo(f"{dest}: {len(logged)} checkpoint(s) logged" + (f" to run {', '.join(runs)}" if runs else " (nothing new)"))
