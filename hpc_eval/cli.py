@@ -548,3 +548,30 @@ def export_command(roots, destinations, project, name, entity, tracking_uri, as_
     for dest, logged in report.logged.items():
         runs = sorted({item["tracking_run"] for item in logged})
         click.echo(f"{dest}: {len(logged)} checkpoint(s) logged" + (f" to run {', '.join(runs)}" if runs else " (nothing new)"))
+
+
+@main.command("cancel")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--all", "every", is_flag=True, help="A TARGET that is an output dir means every running evaluation under it.")
+@click.option("--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids and RUN:ITERATION (default ./results).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was cancelled as JSON.")
+@translate_errors
+def cancel_command(targets, every, roots, as_json):
+    """Cancel running or pending evaluations in one scancel; status then says "cancelled by user".
+
+    TARGET is an evaluation dir, a run folder, RUN:ITERATION, a job id (an array id: all its
+    tasks) or, with --all, an output dir. `watch` does not submit them again unless --retry-failed.
+    """
+    from hpc_eval.cancel import cancel
+
+    searched = [Path(root) for root in (roots or (["./results"] if Path("./results").is_dir() else []))]
+    result = cancel(list(targets), searched, every=every)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    for item in result.cancelled:
+        click.echo(f"cancelled {item['job_id']}  {item['eval_dir']}")
+    for item in result.left:
+        click.echo(f"not running ({item['state']}): {item['eval_dir']}")
+    if not result.cancelled:
+        click.echo("nothing to cancel")

@@ -322,3 +322,19 @@ def run_quietly(command: list[str]) -> str:
         return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
+
+
+def scancel(job_ids: list[str]) -> None:
+    """Cancel jobs (array tasks as A_a) in one scancel call.
+
+    Raises:
+        SlurmUnavailable: scancel is not on PATH.
+        SubmitError: scancel refused (its message).
+    """
+    if not job_ids:
+        return
+    if not shutil.which("scancel"):
+        raise SlurmUnavailable("scancel not found on PATH: run this on a Slurm login node")
+    done = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        raise SubmitError(f"scancel {' '.join(job_ids)} failed: {' '.join(done.stderr.split()) or f'exit code {done.returncode}'}")
