@@ -166,6 +166,11 @@ def metrics_of(evaluation: EvaluationResults) -> dict[str, float]:
 
 
 def auto_export_destinations(paths: EvalPaths) -> list[str]:
+    """request.json's `export.to` (where submit records destinations taken from the launcher's
+    view), else the launcher config's `execution.auto_export.destinations`."""
+    recorded = (paths.read_request().get("export") or {}).get("to")
+    if recorded:
+        return list(recorded)
     return list(((launcher_config(paths).get("execution") or {}).get("auto_export") or {}).get("destinations") or [])
 
 

@@ -178,7 +178,8 @@ def test_cli_refuses_an_unknown_destination(tmp_path):
     assert "tensorboard" in result.output and "Traceback" not in result.output
 
 
-def test_payload_hook_follows_auto_export_and_never_raises(tmp_path, offline):
+def test_payload_hook_follows_auto_export_and_never_raises(tmp_path, offline, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     output, run_dir = tmp_path / "results", tmp_path / "train" / "checkpoints"
     launcher = {"evaluation": {"tasks": [{"name": MATH}]},
                 "execution": {"auto_export": {"destinations": ["mlflow"]}},
@@ -195,3 +196,52 @@ def test_payload_hook_follows_auto_export_and_never_raises(tmp_path, offline):
 
     plain = write_evaluation(tmp_path / "plain", run_dir, 300)
     assert export_finished(plain) is None
+    request = read_json(plain / "request.json")
+    write_json(plain / "request.json", {**request, "export": {"to": ["mlflow"]}})  # destinations kept from the launcher
+    assert export_finished(plain)["logged"] == {"mlflow": 1}  # MLFLOW_TRACKING_URI: no export section
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_real_evaluation_reaches_mlflow_and_the_launchers_own_tools(tmp_path, monkeypatch, start_stub, offline):
+    """Submitted to the real Slurm and evaluated by the payload; then our export, `status --json`,
+    and the launcher's `nel` as the README says to run it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fakeckpt import make_run
+    from slurm_helpers import CONFIGS, hpc_eval, submit_json, wait_for_state
+
+    monkeypatch.setenv("STUB_URL", start_stub(reply="[calculate_triangle_area(base=10, height=5)]").url)
+    run = make_run(tmp_path / "train" / "checkpoints", [100])
+    out = tmp_path / "out"
+    (task,) = submit_json("-c", CONFIGS / "bfcl_host.yaml", "--checkpoint", run, "--all", "--output-dir", out)["jobs"][0]["tasks"]
+    assert wait_for_state(task["slurm_job_id"]) == "COMPLETED"
+
+    (row,) = json.loads(hpc_eval("status", out, "--json").output)
+    eval_dir = Path(row["eval_dir"])
+    invocation = read_json(eval_dir / "summary.json")["invocation_id"]
+    assert row["invocation_ids"] == [invocation]
+
+    report = export([out], ["mlflow"], tracking_uri=offline["uri"])
+    assert [item["iteration"] for item in report.logged["mlflow"]] == [100]
+    points = mlflow_points(offline["uri"])
+    assert points["bfcl/python_simple_ast_non_live"] == [(100, 25.0)]  # the score the stub's answers earn
+
+    env = dict(os.environ, HOME=str(tmp_path), NEMO_EVALUATOR_TELEMETRY_LEVEL="0",
+               NEMO_EVALUATOR_EXEC_DB_FILE=str(eval_dir / "launcher-state" / "exec-db" / "exec.v1.jsonl"))
+    nel = str(Path(sys.executable).parent / "nel")
+
+    def run_nel(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+
+    plain = json.loads(run_nel(nel, "status", invocation, "--json").stdout)
+    assert "Executor hpc_eval not found" in plain[0]["data"]["error"]  # why the README gives python -m hpc_eval.nel
+    ours = json.loads(run_nel(sys.executable, "-m", "hpc_eval.nel", str(eval_dir), "status", invocation, "--json").stdout)
+    assert [(job["job_id"], job["status"]) for job in ours] == [(f"{invocation}.0", "success")]
+    exported = run_nel(nel, "export", invocation, "--dest", "local", "--output-dir", str(tmp_path / "nel-export"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "nel-export" / invocation / f"{invocation}.0" / "processed_results.json").exists()
+    assert invocation in run_nel(nel, "ls", "runs").stdout
