@@ -7,7 +7,14 @@ import time
 
 import pytest
 from fakeckpt import make_run
-from slurm_helpers import CONFIGS, hpc_eval, processes_mentioning, submit_json, wait_for_state, wait_until_gone_from_queue
+from slurm_helpers import (
+    CONFIGS,
+    hpc_eval,
+    processes_mentioning,
+    submit_json,
+    wait_for_state,
+    wait_until_gone_from_queue,
+)
 
 from hpc_eval.status import collect_status
 from hpc_eval.watch import WatchOptions, retry_reason
