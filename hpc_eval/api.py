@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from hpc_eval.errors import UsageError
 
 if TYPE_CHECKING:
+    from hpc_eval.cancel import CancelResult
     from hpc_eval.checkpoint_rules import Verdict
     from hpc_eval.config import EvalConfig
+    from hpc_eval.export import ExportReport
     from hpc_eval.results import MissingResult, ResultsTable
     from hpc_eval.slurm import SlurmSettings
     from hpc_eval.status import EvaluationStatus
@@ -239,3 +241,19 @@ def show_config(config: str = "default", overrides: Sequence[str] = (), *, check
     from hpc_eval.config import load_config
 
     return load_config(config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir).launcher
+
+
+def export(roots: Iterable[str | Path] = (), to: Sequence[str] = ("wandb", "mlflow"), *, project: str | None = None,
+           name: str | None = None, entity: str | None = None, tracking_uri: str | None = None) -> ExportReport:
+    """Log finished evaluations' scores to W&B / MLflow at step = training iteration (see hpc_eval.export)."""
+    from hpc_eval.export import export as export_scores
+
+    return export_scores(existing_roots(roots), list(to), project=project, name=name, entity=entity, tracking_uri=tracking_uri)
+
+
+def cancel(targets: Sequence[str], roots: Iterable[str | Path] = (), *, every: bool = False) -> CancelResult:
+    """Cancel evaluations in one scancel (see hpc_eval.cancel); their records say "cancelled by user"."""
+    from hpc_eval.cancel import cancel as cancel_evaluations
+
+    searched = [Path(root) for root in roots] or ([Path(DEFAULT_ROOT)] if Path(DEFAULT_ROOT).is_dir() else [])
+    return cancel_evaluations(list(targets), searched, every=every)

@@ -309,3 +309,40 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
     if plot_path:
         click.echo(f"plot: {plot_path}", err=True)  # stderr, so that stdout stays one clean table
     output.show_results(table, fmt)
+
+
+@main.command("export")
+@click.argument("roots", nargs=-1, type=click.Path())
+@click.option("--to", "destinations", multiple=True, required=True, type=click.Choice(["wandb", "mlflow"]),
+              help="Where to log the scores; repeatable.")
+@click.option("--project", help="W&B project / MLflow experiment (default: export.<dest> in the config, else hpc-eval).")
+@click.option("--name", help="The tracking run's name (default: the run's label and its config hash).")
+@click.option("--entity", help="W&B entity (team).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: export.mlflow.tracking_uri, else MLFLOW_TRACKING_URI).")
+@format_option
+@translate_errors
+def export_command(roots, destinations, project, name, entity, tracking_uri, fmt):
+    """Log finished evaluations' scores to W&B / MLflow at step = training iteration (again: adds nothing).
+
+    \b
+    Examples:
+      hpc-eval export results/ --to wandb --project my-team
+      hpc-eval export results/ --to mlflow --tracking-uri http://mlflow:5000
+    """
+    report = api.export(roots, destinations, project=project, name=name, entity=entity, tracking_uri=tracking_uri)
+    output.show_export(report, fmt)
+
+
+@main.command("cancel")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--all", "every", is_flag=True, help="A TARGET that is an output dir means every running evaluation under it.")
+@click.option("--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids and RUN:ITERATION (default ./results).")
+@format_option
+@translate_errors
+def cancel_command(targets, every, roots, fmt):
+    """Cancel running or pending evaluations in one scancel; status then says "cancelled by user".
+
+    TARGET is an evaluation dir, a run folder, RUN:ITERATION, a job id (an array id: all its
+    tasks) or, with --all, an output dir. `watch` does not submit them again unless --retry-failed.
+    """
+    output.show_cancel(api.cancel(targets, roots, every=every), fmt)

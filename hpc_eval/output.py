@@ -242,3 +242,35 @@ def show_scan_progress(done: int, total: int) -> None:
     """`reading evaluations N/M`, rewritten in place on stderr and erased when the scan ends."""
     line = f"\rreading evaluations {done}/{total}" if done < total else "\r\033[K"
     click.echo(line, err=True, nl=False)
+
+
+# ---- export, cancel
+
+
+def show_export(report, fmt: str) -> None:
+    if fmt == "json":
+        emit_json(report.to_dict())
+        return
+    rows = [{"destination": dest, **item} for dest, logged in report.logged.items() for item in logged]
+    if fmt != "table":
+        click.echo(render(rows, sorted({key for row in rows for key in row}, key=lambda key: key != "destination"), fmt))
+        return
+    for dest, logged in report.logged.items():
+        runs = sorted({item["tracking_run"] for item in logged})
+        click.echo(f"{dest}: {len(logged)} checkpoint(s) logged" + (f" to run {', '.join(runs)}" if runs else " (nothing new)"))
+
+
+def show_cancel(result, fmt: str) -> None:
+    if fmt == "json":
+        emit_json(result.to_dict())
+        return
+    rows = [{"action": "cancelled", **item} for item in result.cancelled] + [{"action": "not running", **item} for item in result.left]
+    if fmt != "table":
+        click.echo(render(rows, ["action", "job_id", "state", "eval_dir"], fmt))
+        return
+    for item in result.cancelled:
+        click.echo(f"cancelled {item['job_id']}  {item['eval_dir']}")
+    for item in result.left:
+        click.echo(f"not running ({item['state']}): {item['eval_dir']}")
+    if not result.cancelled:
+        click.echo("nothing to cancel")

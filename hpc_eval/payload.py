@@ -111,7 +111,20 @@ def run(eval_dir: Path) -> dict[str, Any]:
         reason = "; ".join(f"{name}: {task['reason']}" for name, task in sorted(failed.items()))
         finish(paths, summary, start, "FAILED", reason=reason, failure="task_failed", tasks=tasks)
         raise EvaluationFailed(reason)
-    return finish(paths, summary, start, "COMPLETED", tasks=tasks)
+    finish(paths, summary, start, "COMPLETED", tasks=tasks)
+    return export_scores(paths, summary)
+
+
+def export_scores(paths: EvalPaths, summary: dict) -> dict[str, Any]:
+    """W&B/MLflow export at step = iteration when execution.auto_export names them; a failure is
+    recorded in summary.json and never fails the evaluation."""
+    from hpc_eval.export import export_finished
+
+    exported = export_finished(paths.root)
+    if exported is not None:
+        summary["export"] = exported
+        write_json(paths.summary, summary)
+    return summary
 
 
 def job_facts() -> dict[str, Any]:

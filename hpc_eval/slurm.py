@@ -444,3 +444,19 @@ def run_quietly(command: list[str]) -> str | None:
     if done.returncode != 0 and "Invalid job id" not in done.stderr:
         return None
     return done.stdout
+
+
+def scancel(job_ids: list[str]) -> None:
+    """Cancel jobs (array tasks as A_a) in one scancel call.
+
+    Raises:
+        SlurmUnavailable: scancel is not on PATH.
+        SubmitError: scancel refused (its message).
+    """
+    if not job_ids:
+        return
+    if not shutil.which("scancel"):
+        raise SlurmUnavailable("scancel not found on PATH: run this on a Slurm login node")
+    done = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        raise SubmitError(f"scancel {' '.join(job_ids)} failed: {' '.join(done.stderr.split()) or f'exit code {done.returncode}'}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from hpc_eval import identity
 from hpc_eval.launcher_tree import task_logs
 from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
-from hpc_eval.store import EvalPaths, forget_warnings, iter_evaluations
+from hpc_eval.store import EvalPaths, forget_warnings, iter_evaluations, read_json
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 # The payload sees the same SIGTERM for scancel and for Slurm's time limit: ask Slurm before trusting it.
@@ -30,6 +30,8 @@ RETRYABLE_STATES = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
 UNSUBMITTED = "UNSUBMITTED"  # claimed, but no sbatch recorded (the pass may have died in between)
 LOST = "LOST"  # Slurm answered and knows no job of ours by the recorded id: `watch` submits it again
 LOST_GRACE_S = 60  # sacct can lag a submission; squeue forgets an ended job before sacct has it
+CANCELLED_RECORD = "cancelled.json"  # written by `hpc-eval cancel` (hpc_eval.cancel) before its scancel
+CANCELLED_BY_USER = "cancelled by user"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class EvaluationStatus:
     created_at: str
     run_dir: str | None = None  # the training run's real directory: two runs may share a label
     checkpoint_changed: bool = False  # rewritten in place since it was evaluated
+    invocation_ids: list[str] = field(default_factory=list)  # the launcher's, for `nel status/info/export`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,12 +112,15 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
                   else f"Slurm knows no job {job_id} (purged, or the controller was reset)")
     else:
         state = "UNKNOWN"
+    if user_cancelled(paths, job_id) and state not in ("COMPLETED", "FAILED"):  # a cancel that lost a race leaves the outcome
+        state, reason = (state, f"{CANCELLED_BY_USER}, stopping") if job_id in live else ("CANCELLED", CANCELLED_BY_USER)
     return EvaluationStatus(
         eval_dir=str(paths.root), run=request.get("run", paths.root.parent.parent.name),
         iteration=request.get("iteration"), config_hash=request.get("config_hash", paths.root.name),
         job_id=job_id, state=state, attempts=len(attempts), elapsed=elapsed, reason=reason,
         created_at=request.get("created_at", ""), run_dir=evaluated_run_dir(request),
         checkpoint_changed=identity.changed_since(request.get("fingerprint"), request.get("checkpoint")),
+        invocation_ids=invocation_ids(paths, summary),
     )
 
 
@@ -135,6 +141,18 @@ def age_s(timestamp: str | None) -> float:
         return time.time() - datetime.strptime(timestamp or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
         return 0.0
+
+
+def user_cancelled(paths: EvalPaths, job_id: str | None) -> bool:
+    """Whether `hpc-eval cancel` cancelled this job (an older attempt's record does not count)."""
+    record = read_json(paths.root / CANCELLED_RECORD)
+    return bool(record and job_id and record.get("slurm_job_id") == job_id)
+
+
+def invocation_ids(paths: EvalPaths, summary: dict | None) -> list[str]:
+    """The launcher invocation(s) of this evaluation: the latest attempt's, and the one a resume continues."""
+    found = [(summary or {}).get("invocation_id"), (read_json(paths.payload_state) or {}).get("invocation_id")]
+    return list(dict.fromkeys(item for item in found if item))
 
 
 def evaluated_run_dir(request: dict) -> str | None:
