@@ -93,9 +93,10 @@ def submit(config: str = "default", overrides: Sequence[str] = (), *, checkpoint
     """
     from hpc_eval import config as config_lib
     from hpc_eval import submit as submit_lib
+    from hpc_eval.checkpoint import Selection, choose_checkpoints
 
-    selection = submit_lib.Selection(select_all, latest, every, from_step, to_step)
-    choice = submit_lib.choose_checkpoints(list(checkpoints), selection, strict=strict)
+    selection = Selection(select_all, latest, every, from_step, to_step)
+    choice = choose_checkpoints(list(checkpoints), selection, strict=strict)
     first = choice.valid[0][0] if choice.valid else None
     loaded = load(config, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir, slurm=slurm)
     config_lib.preflight(loaded.config)

@@ -9,6 +9,7 @@ every, from, to), the run's tracker, and the directories that only look like a c
 
 from __future__ import annotations
 
+import glob as globlib
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -277,3 +278,56 @@ def _scan(path: Path) -> Entries:
     """List a directory once; DirEntry caches type and stat so later checks cost no extra calls."""
     with os.scandir(path) as iterator:
         return {entry.name: entry for entry in iterator}
+
+
+@dataclass
+class Selection:
+    """Which checkpoints of a training run's directory to take (`--all`, `--latest`, ...)."""
+
+    all: bool = False
+    latest: bool = False
+    every: int | None = None
+    from_step: int | None = None
+    to_step: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.all or self.latest or any(v is not None for v in (self.every, self.from_step, self.to_step))
+
+
+@dataclass
+class CheckpointChoice:
+    valid: list[tuple[Path, int | None]]
+    invalid: list[tuple[str, str]]  # (path, reason)
+
+
+def choose_checkpoints(given: list[str], selection: Selection, *, strict: bool = False, quiet_seconds: float = 0.0) -> CheckpointChoice:
+    """Validate explicit checkpoints and expand training-run directories by the selection.
+
+    Raises:
+        CheckpointError: a single checkpoint is invalid, none is valid, or --strict and any is invalid.
+    """
+    valid: list[tuple[Path, int | None]] = []
+    invalid: list[tuple[str, str]] = []
+    for pattern in given:
+        paths = sorted(globlib.glob(pattern)) if globlib.has_magic(pattern) else [pattern]
+        if not paths:
+            invalid.append((pattern, f"no path matches {pattern}"))
+        for path in paths:
+            if selection.given and is_run_dir(path):
+                found = discover(path, select="latest" if selection.latest else "all", every=selection.every,
+                                      from_step=selection.from_step, to_step=selection.to_step, quiet_seconds=quiet_seconds)
+                valid += [(verdict.path, verdict.iteration) for verdict in found.valid]
+                invalid += [(str(verdict.path), verdict.reason) for verdict in found.invalid]
+                continue
+            verdict = validate(path, quiet_seconds=quiet_seconds)
+            if verdict.ok:
+                valid.append((verdict.path, verdict.iteration))
+            else:
+                invalid.append((str(verdict.path), verdict.reason))
+    if invalid and (strict or (len(given) == 1 and not selection.given and not valid)):
+        raise CheckpointError(f"invalid checkpoint {invalid[0][0]}: {invalid[0][1]}" + (f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""))
+    if given and not valid:
+        reason = invalid[0][1] if invalid else "nothing selected"
+        raise CheckpointError(f"no valid checkpoint among {', '.join(given)}: {reason}")
+    return CheckpointChoice(valid, invalid)

@@ -2,7 +2,7 @@
 
 A config is a launcher config plus the tool's own keys (`TOOL_KEYS`). `load_config` returns the
 resolved launcher part as plain data with the tool's keys taken out; `preflight` checks it the
-way the launcher would, without the launcher's side effects; `save_launcher_config` writes it.
+way the launcher would, without the launcher's side effects; launcher_yaml.py writes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf._utils import OmegaConfDumper
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval import deployments, launcher_executors
@@ -416,27 +415,6 @@ def one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-class LauncherDumper(getattr(yaml, "CDumper", yaml.Dumper)):
-    """OmegaConf.to_yaml's YAML (strings that OmegaConf would load as bool or number stay quoted),
-    from plain data and on libyaml when present: a DictConfig per checkpoint costs milliseconds."""
-
-
-LauncherDumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
 def saved_form(launcher: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
     """The launcher config as saved for one evaluation: its output pointed at `eval_dir`."""
     return {**launcher, "execution": {**launcher.get("execution", {}), "output_dir": str(eval_dir)}}
-
-
-def dump_launcher_config(config: EvalConfig, eval_dir: Path) -> str:
-    """The resolved launcher config, its output pointed at `eval_dir`, as YAML text."""
-    launcher = saved_form(config.launcher, eval_dir)
-    return yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
-
-
-def save_launcher_config(config: EvalConfig, eval_dir: Path, text: str | None = None) -> Path:
-    """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
-    path = eval_dir / "launcher_config.yaml"
-    path.write_text(dump_launcher_config(config, eval_dir) if text is None else text)
-    return path

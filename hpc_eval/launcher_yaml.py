@@ -14,7 +14,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from hpc_eval.config import EvalConfig, dump_launcher_config
+import yaml
+from omegaconf._utils import OmegaConfDumper
+
+from hpc_eval.config import EvalConfig, saved_form
 
 
 def launcher_config_text(base: EvalConfig, checkpoint: Path | None, eval_dir: Path) -> str:
@@ -89,3 +92,26 @@ def marked_strings(value: Any, marks: tuple[str, str], is_key: bool = False):
     elif isinstance(value, list):
         for item in value:
             yield from marked_strings(item, marks)
+
+
+class LauncherDumper(getattr(yaml, "CDumper", yaml.Dumper)):
+    """OmegaConf.to_yaml's YAML (strings that OmegaConf would load as bool or number stay quoted),
+    from plain data and on libyaml when present: a DictConfig per checkpoint costs milliseconds."""
+
+
+LauncherDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+
+
+def dump_launcher_config(config: EvalConfig, eval_dir: Path) -> str:
+    """The resolved launcher config, its output pointed at `eval_dir`, as YAML text."""
+    launcher = saved_form(config.launcher, eval_dir)
+    return yaml.dump(launcher, Dumper=LauncherDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
+def save_launcher_config(config: EvalConfig, eval_dir: Path, text: str | None = None) -> Path:
+    """Write the resolved launcher config, its output pointed at `eval_dir`, as launcher_config.yaml."""
+    path = eval_dir / "launcher_config.yaml"
+    path.write_text(dump_launcher_config(config, eval_dir) if text is None else text)
+    return path

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -295,3 +296,39 @@ def iter_evaluations(root: Path) -> Iterator[EvalPaths]:
         if found:
             yield from (EvalPaths(request.parent) for request in found)
             return
+
+
+class RequestTemplate:
+    """request.json for many checkpoints of one config, the shared fields encoded once.
+
+    A JSON scalar is written the same inside an indented document as alone, so marks put where
+    a checkpoint's values go (its fingerprint's values, one level down) are replaced, in one
+    pass, by each value's JSON: the text equals `json.dumps` of the whole record (tests/test_scale.py).
+    Records with any other shape are encoded in full.
+    """
+
+    def __init__(self, constants: dict[str, Any]):
+        self.constants = constants
+        self.token = secrets.token_hex(8)
+        self.mark = f"\x00{self.token}:"  # JSON writes it as \u0000<token>:, which no path or label holds
+        self.marks = re.compile('"' + re.escape(json.dumps(self.mark)[1:-1]) + '([^"]*)"')
+        self.texts: dict[tuple, str] = {}
+
+    def text(self, varying: dict[str, Any]) -> str:
+        values = {key: value for key, value in varying.items() if not isinstance(value, dict)}
+        nested = {key: value for key, value in varying.items() if isinstance(value, dict)}
+        values.update((f"{key}.{inner}", value) for key, body in nested.items() for inner, value in body.items())
+        if not all(value is None or isinstance(value, (str, int, float)) for value in values.values()) or \
+                not all(isinstance(inner, str) for body in nested.values() for inner in body):
+            return dumps({**varying, **self.constants})
+        shape = tuple((key, tuple(value) if isinstance(value, dict) else None) for key, value in varying.items())
+        if shape not in self.texts:
+            marked = {key: {inner: f"{self.mark}{key}.{inner}" for inner in value} if isinstance(value, dict) else f"{self.mark}{key}"
+                      for key, value in varying.items()}
+            self.texts[shape] = dumps({**marked, **self.constants})
+        encoded = {key: json.dumps(value) for key, value in values.items()}
+        return self.marks.sub(lambda match: encoded[match.group(1)], self.texts[shape])
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"  # as store.write_json writes it

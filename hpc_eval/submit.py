@@ -11,11 +11,7 @@ recorded is cancelled (so nothing runs unrecorded).
 
 from __future__ import annotations
 
-import glob as globlib
-import json
 import os
-import re
-import secrets
 import shlex
 import tempfile
 import time
@@ -24,15 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import __version__, identity
-from hpc_eval.config import EvalConfig, save_launcher_config
+from hpc_eval.checkpoint import CheckpointChoice
+from hpc_eval.config import EvalConfig
 from hpc_eval.config_checks import refuse_line_breaks
 from hpc_eval.deployments import check_checkpoints
-from hpc_eval.errors import CheckpointError, HpcEvalError, SubmitError
-from hpc_eval.launcher_yaml import launcher_config_text
+from hpc_eval.errors import HpcEvalError, SubmitError
+from hpc_eval.feasibility import check_feasible
+from hpc_eval.launcher_yaml import launcher_config_text, save_launcher_config
 from hpc_eval.slurm import (
     SlurmSettings,
     cancel,
-    check_feasible,
     make_executor,
     max_array_size,
     outer_job_hidden,
@@ -43,6 +40,7 @@ from hpc_eval.slurm import (
 )
 from hpc_eval.store import (
     EvalPaths,
+    RequestTemplate,
     check_output_dir,
     claim,
     claim_attempt,
@@ -207,42 +205,6 @@ def request_constants(config: EvalConfig) -> dict[str, Any]:
     }
 
 
-class RequestTemplate:
-    """request.json for many checkpoints of one config, the shared fields encoded once.
-
-    A JSON scalar is written the same inside an indented document as alone, so marks put where
-    a checkpoint's values go (its fingerprint's values, one level down) are replaced, in one
-    pass, by each value's JSON: the text equals `json.dumps` of the whole record (tests/test_scale.py).
-    Records with any other shape are encoded in full.
-    """
-
-    def __init__(self, constants: dict[str, Any]):
-        self.constants = constants
-        self.token = secrets.token_hex(8)
-        self.mark = f"\x00{self.token}:"  # JSON writes it as \u0000<token>:, which no path or label holds
-        self.marks = re.compile('"' + re.escape(json.dumps(self.mark)[1:-1]) + '([^"]*)"')
-        self.texts: dict[tuple, str] = {}
-
-    def text(self, varying: dict[str, Any]) -> str:
-        values = {key: value for key, value in varying.items() if not isinstance(value, dict)}
-        nested = {key: value for key, value in varying.items() if isinstance(value, dict)}
-        values.update((f"{key}.{inner}", value) for key, body in nested.items() for inner, value in body.items())
-        if not all(value is None or isinstance(value, (str, int, float)) for value in values.values()) or \
-                not all(isinstance(inner, str) for body in nested.values() for inner in body):
-            return dumps({**varying, **self.constants})
-        shape = tuple((key, tuple(value) if isinstance(value, dict) else None) for key, value in varying.items())
-        if shape not in self.texts:
-            marked = {key: {inner: f"{self.mark}{key}.{inner}" for inner in value} if isinstance(value, dict) else f"{self.mark}{key}"
-                      for key, value in varying.items()}
-            self.texts[shape] = dumps({**marked, **self.constants})
-        encoded = {key: json.dumps(value) for key, value in values.items()}
-        return self.marks.sub(lambda match: encoded[match.group(1)], self.texts[shape])
-
-
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"  # as store.write_json writes it
-
-
 def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
     """Submit the evaluations: one sbatch for one, one array per MaxArraySize chunk for many.
 
@@ -331,61 +293,6 @@ def batch_label(evaluations: list[PlannedEvaluation]) -> str:
 def dry_run_dir() -> Path:
     """Where --dry-run saves launcher configs: a temp dir, so that nothing is claimed."""
     return Path(tempfile.mkdtemp(prefix="hpc-eval-dry-run-"))
-
-
-@dataclass
-class Selection:
-    """Which checkpoints of a training run's directory to take (`--all`, `--latest`, ...)."""
-
-    all: bool = False
-    latest: bool = False
-    every: int | None = None
-    from_step: int | None = None
-    to_step: int | None = None
-
-    @property
-    def given(self) -> bool:
-        return self.all or self.latest or any(v is not None for v in (self.every, self.from_step, self.to_step))
-
-
-@dataclass
-class CheckpointChoice:
-    valid: list[tuple[Path, int | None]]
-    invalid: list[tuple[str, str]]  # (path, reason)
-
-
-def choose_checkpoints(given: list[str], selection: Selection, *, strict: bool = False, quiet_seconds: float = 0.0) -> CheckpointChoice:
-    """Validate explicit checkpoints and expand training-run directories by the selection.
-
-    Raises:
-        CheckpointError: a single checkpoint is invalid, none is valid, or --strict and any is invalid.
-    """
-    from hpc_eval import checkpoint as ckpt
-
-    valid: list[tuple[Path, int | None]] = []
-    invalid: list[tuple[str, str]] = []
-    for pattern in given:
-        paths = sorted(globlib.glob(pattern)) if globlib.has_magic(pattern) else [pattern]
-        if not paths:
-            invalid.append((pattern, f"no path matches {pattern}"))
-        for path in paths:
-            if selection.given and ckpt.is_run_dir(path):
-                found = ckpt.discover(path, select="latest" if selection.latest else "all", every=selection.every,
-                                      from_step=selection.from_step, to_step=selection.to_step, quiet_seconds=quiet_seconds)
-                valid += [(verdict.path, verdict.iteration) for verdict in found.valid]
-                invalid += [(str(verdict.path), verdict.reason) for verdict in found.invalid]
-                continue
-            verdict = ckpt.validate(path, quiet_seconds=quiet_seconds)
-            if verdict.ok:
-                valid.append((verdict.path, verdict.iteration))
-            else:
-                invalid.append((str(verdict.path), verdict.reason))
-    if invalid and (strict or (len(given) == 1 and not selection.given and not valid)):
-        raise CheckpointError(f"invalid checkpoint {invalid[0][0]}: {invalid[0][1]}" + (f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""))
-    if given and not valid:
-        reason = invalid[0][1] if invalid else "nothing selected"
-        raise CheckpointError(f"no valid checkpoint among {', '.join(given)}: {reason}")
-    return CheckpointChoice(valid, invalid)
 
 
 @dataclass

@@ -31,7 +31,8 @@ from hpc_eval import checkpoint as ckpt
 from hpc_eval import identity
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
-from hpc_eval.slurm import LIVE_STATES, check_feasible, require_slurm
+from hpc_eval.feasibility import check_feasible
+from hpc_eval.slurm import LIVE_STATES, require_slurm
 from hpc_eval.status import LOST, RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import (
     STALE_CLAIM_S,

@@ -17,9 +17,10 @@ import yaml
 from click.testing import CliRunner
 
 from hpc_eval.cli import main
-from hpc_eval.config import TOOL_KEYS, load_config, preflight, save_launcher_config
+from hpc_eval.config import TOOL_KEYS, load_config, preflight
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import import_launcher
+from hpc_eval.launcher_yaml import save_launcher_config
 from support.fakeckpt import make_iter
 
 ENV_VARS = ("NEMO_EVALUATOR_MODEL_URL", "NEMO_EVALUATOR_MODEL_ID", "NEMO_EVALUATOR_API_KEY_NAME")

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from fakeckpt import make_iter, make_run
 
 from hpc_eval.cli import main
-from hpc_eval.config import dump_launcher_config, load_config
-from hpc_eval.launcher_yaml import launcher_config_text
+from hpc_eval.config import load_config
+from hpc_eval.launcher_yaml import dump_launcher_config, launcher_config_text
 
 # Paths YAML emits plain, and paths it must quote, escape or fold: each must come out as a full dump writes it.
 TRICKY_NAMES = [
@@ -80,7 +80,7 @@ def test_a_path_inside_a_value_with_spaces_is_serialised_in_full(tmp_path):
 
 @pytest.mark.parametrize("name", TRICKY_NAMES)
 def test_request_text_equals_a_full_encoding(name):
-    from hpc_eval.submit import RequestTemplate, dumps
+    from hpc_eval.store import RequestTemplate, dumps
 
     template = RequestTemplate({"config_hash": "abc", "slurm": {"partition": name, "time": "01:00:00"}, "task_filters": [name]})
     for varying in (

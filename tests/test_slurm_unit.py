@@ -10,6 +10,7 @@ import inspect
 import pytest
 
 from hpc_eval.errors import ConfigError
+from hpc_eval.feasibility import check_feasible, memory_mb, parse_sinfo
 from hpc_eval.slurm import (
     NO_TIME_LIMIT,
     SLURM_DEFAULTS,
@@ -17,10 +18,7 @@ from hpc_eval.slurm import (
     SlurmSettings,
     array_tasks,
     base_job_ids,
-    check_feasible,
-    memory_mb,
     parse_sacct,
-    parse_sinfo,
     parse_squeue,
     sbatch_preview,
     settings_from,
