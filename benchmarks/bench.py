@@ -61,13 +61,29 @@ from support.fakeckpt import make_iter, make_run, write_tracker  # noqa: E402
 from support.stub import start_stub  # noqa: E402
 
 PYTHON = sys.executable
-HPC_EVAL = str(Path(PYTHON).with_name("hpc-eval")) if Path(PYTHON).with_name("hpc-eval").exists() else shutil.which("hpc-eval") or "hpc-eval"
+HPC_EVAL = (
+    str(Path(PYTHON).with_name("hpc-eval"))
+    if Path(PYTHON).with_name("hpc-eval").exists()
+    else shutil.which("hpc-eval") or "hpc-eval"
+)
 BFCL_STUB = REPO / "tests" / "configs" / "bfcl_stub.yaml"
 # What every Slurm submission here adds: the launcher's own dry run unless a real evaluation is
 # wanted, no GPU, one CPU, held so that nothing runs (the bench cancels the jobs right away).
 SMALL_JOB = ["slurm.cpus_per_task=1", "slurm.gpus_per_node=0"]
 HELD = ["dry_run=true", *SMALL_JOB, "+slurm.additional_parameters.hold=true"]
-PLAIN_SBATCH = ["sbatch", "--parsable", "--hold", "--wrap", "true", "-o", "/dev/null", "-J", "hpc-eval-bench-plain", "-c", "1"]
+PLAIN_SBATCH = [
+    "sbatch",
+    "--parsable",
+    "--hold",
+    "--wrap",
+    "true",
+    "-o",
+    "/dev/null",
+    "-J",
+    "hpc-eval-bench-plain",
+    "-c",
+    "1",
+]
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"
 COUNTED = ("sbatch", "squeue", "sacct", "scontrol")
 
@@ -90,18 +106,30 @@ class Bench:
         self.repeats = 5 if args.quick else 9
         (tmp / "tmp").mkdir()
         (tmp / "bin").mkdir()
-        self.env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "TMPDIR": str(tmp / "tmp"),
-                    "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0", "STUB_URL": "http://127.0.0.1:9",
-                    "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.counters = {command: write_counter(command, tmp / "bin", tmp / f"calls-{command}.txt", timed=True)
-                         for command in COUNTED if shutil.which(command)}
+        self.env = {
+            **os.environ,
+            "XDG_CACHE_HOME": str(tmp / "cache"),
+            "TMPDIR": str(tmp / "tmp"),
+            "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
+            "STUB_URL": "http://127.0.0.1:9",
+            "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.counters = {
+            command: write_counter(command, tmp / "bin", tmp / f"calls-{command}.txt", timed=True)
+            for command in COUNTED
+            if shutil.which(command)
+        }
 
     # ---------------------------------------------------------------- helpers
     def add(self, *args, **kwargs) -> Row:
         row = Row(*args, **kwargs)
         self.rows.append(row)
         if not self.args.json:
-            print(f"  {row.section:<8} {row.measure:<58} {fmt(row.value)} {row.unit}".rstrip(), file=sys.stderr, flush=True)
+            print(
+                f"  {row.section:<8} {row.measure:<58} {fmt(row.value)} {row.unit}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
         return row
 
     def calls(self, command: str) -> tuple[int, float]:
@@ -113,7 +141,9 @@ class Bench:
         for counter in self.counters.values():
             counter.reset()
 
-    def run(self, argv: list, env: dict | None = None, check: bool = True, cwd: Path | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    def run(
+        self, argv: list, env: dict | None = None, check: bool = True, cwd: Path | None = None
+    ) -> tuple[float, float, subprocess.CompletedProcess]:
         """(wall s, CPU s of the process and its children, result)."""
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -121,7 +151,9 @@ class Bench:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(map(str, argv))[:300]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(map(str, argv))[:300]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            )
         return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done
 
     def median(self, argv: list, env: dict | None = None, check: bool = True) -> tuple[float, float]:
@@ -130,32 +162,79 @@ class Bench:
     def medians(self, commands: list[list], env: dict | None = None, check: bool = True) -> list[tuple[float, float]]:
         """(median wall, median CPU) of each command, run in turns so that a burst of load hits all alike."""
         runs = [[self.run(argv, env, check)[:2] for argv in commands] for _ in range(self.repeats)]
-        return [(statistics.median(r[i][0] for r in runs), statistics.median(r[i][1] for r in runs)) for i in range(len(commands))]
+        return [
+            (statistics.median(r[i][0] for r in runs), statistics.median(r[i][1] for r in runs))
+            for i in range(len(commands))
+        ]
 
     # ---------------------------------------------------------------- 1. startup
     def startup(self) -> None:
         one = make_iter(self.tmp / "one" / "checkpoints", 100)
-        (bare, bare_cpu), (help_wall, help_cpu), (wall, cpu) = self.medians([[PYTHON, "-c", "pass"], [HPC_EVAL, "--help"], [HPC_EVAL, "validate", one]])
-        self.add("startup", f"python -c pass (median of {self.repeats}, in turns with the two below)", ms(bare), "ms", detail=f"CPU {ms(bare_cpu)} ms")
-        self.add("startup", "hpc-eval --help", ms(help_wall), "ms", ratio=times(help_wall / bare), target="< 4x",
-                 ok=help_wall / bare < 4, detail=f"CPU {ms(help_cpu)} ms ({help_cpu / bare_cpu:.1f}x)")
-        self.add("startup", "hpc-eval validate <one iter dir>", ms(wall), "ms", ratio=times(wall / bare),
-                 detail=f"CPU {ms(cpu)} ms ({cpu / bare_cpu:.1f}x)")
+        (bare, bare_cpu), (help_wall, help_cpu), (wall, cpu) = self.medians(
+            [[PYTHON, "-c", "pass"], [HPC_EVAL, "--help"], [HPC_EVAL, "validate", one]]
+        )
+        self.add(
+            "startup",
+            f"python -c pass (median of {self.repeats}, in turns with the two below)",
+            ms(bare),
+            "ms",
+            detail=f"CPU {ms(bare_cpu)} ms",
+        )
+        self.add(
+            "startup",
+            "hpc-eval --help",
+            ms(help_wall),
+            "ms",
+            ratio=times(help_wall / bare),
+            target="< 4x",
+            ok=help_wall / bare < 4,
+            detail=f"CPU {ms(help_cpu)} ms ({help_cpu / bare_cpu:.1f}x)",
+        )
+        self.add(
+            "startup",
+            "hpc-eval validate <one iter dir>",
+            ms(wall),
+            "ms",
+            ratio=times(wall / bare),
+            detail=f"CPU {ms(cpu)} ms ({cpu / bare_cpu:.1f}x)",
+        )
 
     def validate_scan(self, run: Path, count: int) -> None:
         """Discovery and `hpc-eval validate` over a big run (formerly scripts/bench_validate.py)."""
-        code = ("import json, sys, time\nfrom hpc_eval.checkpoint import discover\n"
-                "t = time.perf_counter(); found = discover(sys.argv[1]); a = time.perf_counter() - t\n"
-                "t = time.perf_counter(); latest = discover(sys.argv[1], select='latest'); b = time.perf_counter() - t\n"
-                "print(json.dumps([a, len(found.valid), b, latest.valid[0].iteration]))")
+        code = (
+            "import json, sys, time\nfrom hpc_eval.checkpoint import discover\n"
+            "t = time.perf_counter(); found = discover(sys.argv[1]); a = time.perf_counter() - t\n"
+            "t = time.perf_counter(); latest = discover(sys.argv[1], select='latest'); b = time.perf_counter() - t\n"
+            "print(json.dumps([a, len(found.valid), b, latest.valid[0].iteration]))"
+        )
         all_s, valid, latest_s, step = json.loads(self.run([PYTHON, "-c", code, run])[2].stdout)
-        self.add("startup", f"discover(select='all') over {count:,} iter dirs (in process)", round(all_s, 3), "s", detail=f"{valid:,} valid")
-        self.add("startup", f"discover(select='latest') over {count:,} iter dirs", ms(latest_s), "ms", detail=f"iter {step}")
+        self.add(
+            "startup",
+            f"discover(select='all') over {count:,} iter dirs (in process)",
+            round(all_s, 3),
+            "s",
+            detail=f"{valid:,} valid",
+        )
+        self.add(
+            "startup", f"discover(select='latest') over {count:,} iter dirs", ms(latest_s), "ms", detail=f"iter {step}"
+        )
         children = sorted(str(path) for path in run.glob("iter_*"))
         wall, cpu, _ = self.run([HPC_EVAL, "validate", *children])
-        self.add("startup", f"hpc-eval validate <run>/iter_* ({count:,} dirs)", round(wall, 3), "s", detail=f"CPU {cpu:.2f} s")
+        self.add(
+            "startup",
+            f"hpc-eval validate <run>/iter_* ({count:,} dirs)",
+            round(wall, 3),
+            "s",
+            detail=f"CPU {cpu:.2f} s",
+        )
         wall, _, done = self.run([HPC_EVAL, "validate", run], check=False)
-        self.add("startup", "hpc-eval validate <run dir> (the latest suggestion)", ms(wall), "ms", detail=f"exit {done.returncode}")
+        self.add(
+            "startup",
+            "hpc-eval validate <run dir> (the latest suggestion)",
+            ms(wall),
+            "ms",
+            detail=f"exit {done.returncode}",
+        )
 
     # ---------------------------------------------------------------- 2. submit --dry-run
     def dry_run(self) -> None:
@@ -164,8 +243,14 @@ class Bench:
             self.forget(state)
             wall, cpu = self.median(argv) if state == "warm" else self.run(argv)[:2]
             label = f"warm (median of {self.repeats})" if state == "warm" else state
-            self.add("dry-run", f"submit --dry-run -c tiny_chat, {label}", round(wall, 3), "s", detail=f"CPU {cpu:.2f} s; {CACHE_STATES[state]}",
-                     **({"target": "< 1 s", "ok": wall < 1.0} if state == "warm" else {}))
+            self.add(
+                "dry-run",
+                f"submit --dry-run -c tiny_chat, {label}",
+                round(wall, 3),
+                "s",
+                detail=f"CPU {cpu:.2f} s; {CACHE_STATES[state]}",
+                **({"target": "< 1 s", "ok": wall < 1.0} if state == "warm" else {}),
+            )
         for state in ("cold", "warm"):
             self.forget(state)
             for name, seconds in json.loads(self.run([PYTHON, "-c", PHASES])[2].stdout):
@@ -174,8 +259,13 @@ class Bench:
         self.add("dry-run", "python -X importtime: import hpc_eval.cli", times.get("hpc_eval.cli", 0.0), "ms")
         launcher = "import hpc_eval.launcher as l; l.import_launcher()"
         times = import_times(self.run([PYTHON, "-X", "importtime", "-c", launcher])[2].stderr)
-        self.add("dry-run", "python -X importtime: the launcher (import_launcher)", round(sum(t for n, t in times.items() if n.startswith("nemo_evaluator")), 1),
-                 "ms", detail="largest: " + largest(times, 3, "nemo_evaluator"))
+        self.add(
+            "dry-run",
+            "python -X importtime: the launcher (import_launcher)",
+            round(sum(t for n, t in times.items() if n.startswith("nemo_evaluator")), 1),
+            "ms",
+            detail="largest: " + largest(times, 3, "nemo_evaluator"),
+        )
 
     def forget(self, state: str) -> None:
         """Put hpc-eval's cache in a CACHE_STATES state (warm: leave it)."""
@@ -190,26 +280,65 @@ class Bench:
     def arrays(self) -> None:
         limit = max_array_size()
         largest = max(self.ns)
-        self.run([HPC_EVAL, "submit", "--dry-run", "-c", BFCL_STUB, *HELD])  # its preflight, cached: every N below pays the same
-        self.add("arrays", "cluster MaxArraySize (indices 0..MaxArraySize-1)", limit, target=f"> {largest - 1}", ok=limit > largest - 1)
+        self.run(
+            [HPC_EVAL, "submit", "--dry-run", "-c", BFCL_STUB, *HELD]
+        )  # its preflight, cached: every N below pays the same
+        self.add(
+            "arrays",
+            "cluster MaxArraySize (indices 0..MaxArraySize-1)",
+            limit,
+            target=f"> {largest - 1}",
+            ok=limit > largest - 1,
+        )
         for n in self.ns:
             run = make_run(self.tmp / "arrays" / f"n{n}" / f"train{n}" / "checkpoints", range(100, 100 * (n + 1), 100))
             self.reset_calls()
-            wall, cpu, done = self.run([HPC_EVAL, "submit", "-c", BFCL_STUB, "--checkpoint", run, "--all",
-                                        "--output-dir", self.tmp / "arrays" / f"n{n}" / "out", *HELD, "--json"])
+            wall, cpu, done = self.run(
+                [
+                    HPC_EVAL,
+                    "submit",
+                    "-c",
+                    BFCL_STUB,
+                    "--checkpoint",
+                    run,
+                    "--all",
+                    "--output-dir",
+                    self.tmp / "arrays" / f"n{n}" / "out",
+                    *HELD,
+                    "--json",
+                ]
+            )
             jobs = [job["job_id"] for job in json.loads(done.stdout)["jobs"]]
             scancel(jobs)
             calls, in_sbatch = self.calls("sbatch")
             ids, start = [], time.perf_counter()
             for _ in range(n):
-                ids.append(subprocess.run(PLAIN_SBATCH, capture_output=True, text=True, check=True).stdout.strip().split(";")[0])
+                ids.append(
+                    subprocess.run(PLAIN_SBATCH, capture_output=True, text=True, check=True)
+                    .stdout.strip()
+                    .split(";")[0]
+                )
             plain = time.perf_counter() - start
             scancel(ids)
             target = "1 sbatch" + (", < 3 s + sbatch" if n >= 1000 else "")
             ok = calls == 1 and (n < 1000 or wall - in_sbatch < 3.0)
-            self.add("arrays", f"hpc-eval submit --all, N={n}", round(wall, 3), "s", ratio=f"{times(wall / plain)} plain", target=target, ok=ok,
-                     detail=f"{calls} sbatch ({in_sbatch:.2f} s in it), CPU {cpu:.2f} s, {ms((wall - in_sbatch) / n)} ms per checkpoint besides sbatch")
-            self.add("arrays", f"  {n} plain sbatch --wrap true --hold", round(plain, 3), "s", detail=f"{n} sbatch, {ms(plain / n)} ms each")
+            self.add(
+                "arrays",
+                f"hpc-eval submit --all, N={n}",
+                round(wall, 3),
+                "s",
+                ratio=f"{times(wall / plain)} plain",
+                target=target,
+                ok=ok,
+                detail=f"{calls} sbatch ({in_sbatch:.2f} s in it), CPU {cpu:.2f} s, {ms((wall - in_sbatch) / n)} ms per checkpoint besides sbatch",
+            )
+            self.add(
+                "arrays",
+                f"  {n} plain sbatch --wrap true --hold",
+                round(plain, 3),
+                "s",
+                detail=f"{n} sbatch, {ms(plain / n)} ms each",
+            )
 
     # ---------------------------------------------------------------- 4. watch
     def watch(self, run: Path, count: int) -> None:
@@ -229,7 +358,13 @@ class Bench:
         start = time.perf_counter()
         for name in old:
             (index / index_entry(name, identity.stat_key(run / name))).touch()
-        self.add("watch", f"setup: {len(old):,} entries in the completed index", round(time.perf_counter() - start, 2), "s", detail=str(index.relative_to(out)))
+        self.add(
+            "watch",
+            f"setup: {len(old):,} entries in the completed index",
+            round(time.perf_counter() - start, 2),
+            "s",
+            detail=str(index.relative_to(out)),
+        )
         argv = [HPC_EVAL, "watch", run, "-c", BFCL_STUB, "--output-dir", out, *HELD, "--json"]
 
         def one_pass(label: str, strace_to: Path | None = None) -> dict:
@@ -241,8 +376,17 @@ class Bench:
             counts = {command: self.calls(command)[0] for command in COUNTED}
             submitted = sum(1 for action in result["actions"] if action["action"] == "submitted")
             if not strace_to:
-                self.add("watch", f"one pass over {count:,} dirs: {label}", round(wall, 3), "s", target="< 1 s", ok=wall < 1.0,
-                         detail=f"{submitted} submitted; calls: " + ", ".join(f"{c} {n}" for c, n in counts.items() if n) + f"; CPU {cpu:.2f} s")
+                self.add(
+                    "watch",
+                    f"one pass over {count:,} dirs: {label}",
+                    round(wall, 3),
+                    "s",
+                    target="< 1 s",
+                    ok=wall < 1.0,
+                    detail=f"{submitted} submitted; calls: "
+                    + ", ".join(f"{c} {n}" for c, n in counts.items() if n)
+                    + f"; CPU {cpu:.2f} s",
+                )
             return result
 
         one_pass(f"{len(new)} new, {len(old):,} evaluated")
@@ -257,12 +401,36 @@ class Bench:
         one_pass("under strace", trace)
         counts = count_syscalls(trace, run, set(old), set(new))
         total, main_total, under_run, under_old, under_new, dir_reads = counts
-        self.add("watch", "  pass under strace: file syscalls of the hpc-eval process", sum(main_total.values()), "calls",
-                 detail=", ".join(f"{name} {n}" for name, n in main_total.most_common(5)) + f"; with sbatch, scontrol...: {sum(total.values())}")
-        self.add("watch", "  of them in the run dir itself (listing)", under_run, "calls", detail=f"getdents64 {dir_reads['run']}, index getdents64 {dir_reads['index']}")
-        self.add("watch", f"  of them inside the {len(old):,} evaluated iter dirs", under_old, "calls",
-                 target=f"<= {len(old):,} (one stat of .metadata each)", ok=under_old <= len(old))
-        self.add("watch", f"  of them inside the {len(new)} new iter dirs", under_new, "calls", detail=f"{under_new / len(new):.1f} per new checkpoint")
+        self.add(
+            "watch",
+            "  pass under strace: file syscalls of the hpc-eval process",
+            sum(main_total.values()),
+            "calls",
+            detail=", ".join(f"{name} {n}" for name, n in main_total.most_common(5))
+            + f"; with sbatch, scontrol...: {sum(total.values())}",
+        )
+        self.add(
+            "watch",
+            "  of them in the run dir itself (listing)",
+            under_run,
+            "calls",
+            detail=f"getdents64 {dir_reads['run']}, index getdents64 {dir_reads['index']}",
+        )
+        self.add(
+            "watch",
+            f"  of them inside the {len(old):,} evaluated iter dirs",
+            under_old,
+            "calls",
+            target=f"<= {len(old):,} (one stat of .metadata each)",
+            ok=under_old <= len(old),
+        )
+        self.add(
+            "watch",
+            f"  of them inside the {len(new)} new iter dirs",
+            under_new,
+            "calls",
+            detail=f"{under_new / len(new):.1f} per new checkpoint",
+        )
 
     # ---------------------------------------------------------------- 5. payload
     def payload(self) -> None:
@@ -274,19 +442,58 @@ class Bench:
         start_file = self.tmp / "payload" / "job-start"
         env = {**self.env, "PYTHONPATH": str(hook), "HPC_EVAL_BENCH_RUN_EVAL_LOG": str(events)}
         setup = f'slurm.setup=["date +%s.%N > {start_file}"]'  # the batch script's first line: the job's start
-        done = self.run([HPC_EVAL, "submit", "-c", BFCL_STUB, "--output-dir", self.tmp / "payload" / "dry", "dry_run=true", *SMALL_JOB, setup, "--json"], env)[2]
+        done = self.run(
+            [
+                HPC_EVAL,
+                "submit",
+                "-c",
+                BFCL_STUB,
+                "--output-dir",
+                self.tmp / "payload" / "dry",
+                "dry_run=true",
+                *SMALL_JOB,
+                setup,
+                "--json",
+            ],
+            env,
+        )[2]
         eval_dir = Path(json.loads(done.stdout)["evaluations"][0]["eval_dir"])
         summary = wait_summary(eval_dir, 180)
         job_start = float(start_file.read_text())
         called = {event: float(t) for event, t, _ in (line.split() for line in events.read_text().splitlines())}
         first_log = submitit_start(eval_dir)
-        self.add("payload", "job start -> run_eval call (launcher dry run)", round(called["run_eval_called"] - job_start, 2), "s",
-                 detail=f"summary {summary.get('state')}")
-        self.add("payload", "  job start -> submitit's first log line (srun, interpreter)", round(first_log - job_start, 2), "s")
-        self.add("payload", "  -> run_eval call (imports, launcher, config)", round(called["run_eval_called"] - first_log, 2), "s")
-        self.add("payload", "  run_eval itself (dry run: writes the scripts)", round(called["run_eval_returned"] - called["run_eval_called"], 2), "s")
+        self.add(
+            "payload",
+            "job start -> run_eval call (launcher dry run)",
+            round(called["run_eval_called"] - job_start, 2),
+            "s",
+            detail=f"summary {summary.get('state')}",
+        )
+        self.add(
+            "payload",
+            "  job start -> submitit's first log line (srun, interpreter)",
+            round(first_log - job_start, 2),
+            "s",
+        )
+        self.add(
+            "payload",
+            "  -> run_eval call (imports, launcher, config)",
+            round(called["run_eval_called"] - first_log, 2),
+            "s",
+        )
+        self.add(
+            "payload",
+            "  run_eval itself (dry run: writes the scripts)",
+            round(called["run_eval_returned"] - called["run_eval_called"], 2),
+            "s",
+        )
         times = import_times(self.run([PYTHON, "-X", "importtime", "-c", "import hpc_eval.payload"])[2].stderr)
-        self.add("payload", "python -X importtime: import hpc_eval.payload (before the launcher)", times.get("hpc_eval.payload", 0.0), "ms")
+        self.add(
+            "payload",
+            "python -X importtime: import hpc_eval.payload (before the launcher)",
+            times.get("hpc_eval.payload", 0.0),
+            "ms",
+        )
 
         stub = start_stub(self.tmp / "payload", reply=BFCL_REPLY, delay_s=5)
         try:
@@ -299,7 +506,10 @@ class Bench:
         docker_host = f"unix://{os.environ.get('HPC_EVAL_DOCKER_DIR', '/var/tmp/hpc-eval-docker')}/docker.sock"
         env = {**env, "STUB_URL": url, "DOCKER_HOST": docker_host}
         events.unlink(missing_ok=True)
-        done = self.run([HPC_EVAL, "submit", "-c", BFCL_STUB, "--output-dir", self.tmp / "payload" / "real", *SMALL_JOB, "--json"], env)[2]
+        done = self.run(
+            [HPC_EVAL, "submit", "-c", BFCL_STUB, "--output-dir", self.tmp / "payload" / "real", *SMALL_JOB, "--json"],
+            env,
+        )[2]
         result = json.loads(done.stdout)
         eval_dir, job_id = Path(result["evaluations"][0]["eval_dir"]), result["jobs"][0]["job_id"]
         samples, pid, deadline = [], None, time.monotonic() + 300
@@ -314,17 +524,33 @@ class Bench:
         if time.monotonic() >= deadline:
             scancel([job_id])
         summary = wait_summary(eval_dir, 60)
-        returned = dict(line.split()[:2] for line in events.read_text().splitlines()).get("run_eval_returned") if events.exists() else None
+        returned = (
+            dict(line.split()[:2] for line in events.read_text().splitlines()).get("run_eval_returned")
+            if events.exists()
+            else None
+        )
         waiting = [s for s in samples if returned and s[0] >= float(returned) and s[2]]
         if len(waiting) < 2:
-            self.add("payload", "CPU while waiting for the evaluation", "n/a", detail=f"no wait observed (state {summary.get('state')}, {len(samples)} samples)")
+            self.add(
+                "payload",
+                "CPU while waiting for the evaluation",
+                "n/a",
+                detail=f"no wait observed (state {summary.get('state')}, {len(samples)} samples)",
+            )
             return
         (t0, cpu0, _), (t1, cpu1, _) = waiting[0], waiting[-1]
         percent = 100 * (cpu1 - cpu0) / (t1 - t0)
         tasks = summary.get("tasks") or {}
-        self.add("payload", "CPU while waiting for a real evaluation (stub answers after 5 s)", round(percent, 3), "%", target="< 1%", ok=percent < 1.0,
-                 detail=f"{cpu1 - cpu0:.2f} s CPU (ticks of {1 / os.sysconf('SC_CLK_TCK'):g} s) over {t1 - t0:.1f} s of wait; job {summary.get('state')}, "
-                        f"task {next(iter(tasks.values()), {}).get('status')}; total payload CPU {cpu1:.2f} s")
+        self.add(
+            "payload",
+            "CPU while waiting for a real evaluation (stub answers after 5 s)",
+            round(percent, 3),
+            "%",
+            target="< 1%",
+            ok=percent < 1.0,
+            detail=f"{cpu1 - cpu0:.2f} s CPU (ticks of {1 / os.sysconf('SC_CLK_TCK'):g} s) over {t1 - t0:.1f} s of wait; job {summary.get('state')}, "
+            f"task {next(iter(tasks.values()), {}).get('status')}; total payload CPU {cpu1:.2f} s",
+        )
 
     # ---------------------------------------------------------------- 6. scale
     def scale(self, runs: dict[int, Path]) -> None:
@@ -332,53 +558,126 @@ class Bench:
 
         The machine is shared: CPU time (getrusage, process_time) is given beside wall time.
         """
-        self.run([HPC_EVAL, "submit", "--dry-run", "-c", "default", "--checkpoint", min(runs[min(runs)].glob("iter_*"))])  # preflight cached
+        self.run(
+            [HPC_EVAL, "submit", "--dry-run", "-c", "default", "--checkpoint", min(runs[min(runs)].glob("iter_*"))]
+        )  # preflight cached
         for count, run in sorted(runs.items()):
-            wall, cpu, _ = self.run([HPC_EVAL, "submit", "--dry-run", "--all", "-c", "default", "--checkpoint", run, "--json"])
+            wall, cpu, _ = self.run(
+                [HPC_EVAL, "submit", "--dry-run", "--all", "-c", "default", "--checkpoint", run, "--json"]
+            )
             files, files_cpu = file_floor(self.tmp / f"floor-{count}", count)
-            code = ("import json, sys, time\nfrom hpc_eval.checkpoint import discover\n"
-                    "t, c = time.perf_counter(), time.process_time(); discover(sys.argv[1])\n"
-                    "print(json.dumps([time.perf_counter() - t, time.process_time() - c]))")
+            code = (
+                "import json, sys, time\nfrom hpc_eval.checkpoint import discover\n"
+                "t, c = time.perf_counter(), time.process_time(); discover(sys.argv[1])\n"
+                "print(json.dumps([time.perf_counter() - t, time.process_time() - c]))"
+            )
             found, found_cpu = json.loads(self.run([PYTHON, "-c", code, run])[2].stdout)
             floor, floor_cpu = files + found, files_cpu + found_cpu
             target = "< 1.5x floor" if count == 10_000 else ""
-            self.add("scale", f"submit --dry-run --all over {count:,} checkpoints", round(wall, 2), "s", ratio=times(wall / floor), target=target,
-                     ok=wall < 1.5 * floor if target else None, detail=f"CPU {cpu:.2f} s ({times(cpu / floor_cpu)} the floor's CPU)")
-            self.add("scale", f"  floor: discovery + a plain loop making the same dirs and files ({count:,})", round(floor, 2), "s",
-                     detail=f"discover(all) {found:.2f} s, 2 mkdir + 2 files each {files:.2f} s; CPU {floor_cpu:.2f} s")
+            self.add(
+                "scale",
+                f"submit --dry-run --all over {count:,} checkpoints",
+                round(wall, 2),
+                "s",
+                ratio=times(wall / floor),
+                target=target,
+                ok=wall < 1.5 * floor if target else None,
+                detail=f"CPU {cpu:.2f} s ({times(cpu / floor_cpu)} the floor's CPU)",
+            )
+            self.add(
+                "scale",
+                f"  floor: discovery + a plain loop making the same dirs and files ({count:,})",
+                round(floor, 2),
+                "s",
+                detail=f"discover(all) {found:.2f} s, 2 mkdir + 2 files each {files:.2f} s; CPU {floor_cpu:.2f} s",
+            )
         root = self.tmp / "evaluations"
         sizes = {1_000: ["a"], 2_000: ["a", "b"], 10_000: ["a", "b", "c"]}
         start = time.perf_counter()
         with ProcessPoolExecutor(4) as pool:
-            list(pool.map(build_evaluations, [(str(root / part), count, i) for part, count in (("a", 1000), ("b", 1000), ("c", 8000)) for i in range(4)]))
-        self.add("scale", "setup: 10,000 evaluations without a final summary (request, slurm.json, one task's tree)",
-                 round(time.perf_counter() - start, 1), "s")
+            list(
+                pool.map(
+                    build_evaluations,
+                    [
+                        (str(root / part), count, i)
+                        for part, count in (("a", 1000), ("b", 1000), ("c", 8000))
+                        for i in range(4)
+                    ],
+                )
+            )
+        self.add(
+            "scale",
+            "setup: 10,000 evaluations without a final summary (request, slurm.json, one task's tree)",
+            round(time.perf_counter() - start, 1),
+            "s",
+        )
         for count, parts in sizes.items():
             roots = [root / part for part in parts]
             first = self.run([HPC_EVAL, "results", "--format", "json", *roots])[:2]
             second = self.run([HPC_EVAL, "results", "--format", "json", *roots])[:2]
             floor, floor_cpu = read_floor(roots, summary=False)
             target = "< 2 s second call" if count == 2_000 else ""
-            self.add("scale", f"results over {count:,} evaluations without a summary, first call", round(first[0], 2), "s",
-                     ratio=times(first[0] / floor), detail=f"CPU {first[1]:.2f} s; parses each results.yml, writes its metrics cache")
-            self.add("scale", f"results over {count:,} evaluations without a summary, second call", round(second[0], 2), "s",
-                     ratio=times(second[0] / floor), target=target, ok=second[0] < 2 if target else None, detail=f"CPU {second[1]:.2f} s")
-            self.add("scale", f"  floor: the same reads and stats in a plain loop ({count:,})", round(floor, 2), "s", detail=f"CPU {floor_cpu:.2f} s")
+            self.add(
+                "scale",
+                f"results over {count:,} evaluations without a summary, first call",
+                round(first[0], 2),
+                "s",
+                ratio=times(first[0] / floor),
+                detail=f"CPU {first[1]:.2f} s; parses each results.yml, writes its metrics cache",
+            )
+            self.add(
+                "scale",
+                f"results over {count:,} evaluations without a summary, second call",
+                round(second[0], 2),
+                "s",
+                ratio=times(second[0] / floor),
+                target=target,
+                ok=second[0] < 2 if target else None,
+                detail=f"CPU {second[1]:.2f} s",
+            )
+            self.add(
+                "scale",
+                f"  floor: the same reads and stats in a plain loop ({count:,})",
+                round(floor, 2),
+                "s",
+                detail=f"CPU {floor_cpu:.2f} s",
+            )
             self.reset_calls()
             wall, cpu, _ = self.run([HPC_EVAL, "status", "--json", *roots])
             calls = {command: self.calls(command)[0] for command in ("squeue", "sacct")}
             target = "< 2 s, 1 squeue, 1 sacct" if count == 10_000 else ""
             ok = wall < 2 and calls == {"squeue": 1, "sacct": 1}
-            self.add("scale", f"status over {count:,} evaluations (none final)", round(wall, 2), "s", ratio=times(wall / floor),
-                     target=target, ok=ok if target else None, detail=f"CPU {cpu:.2f} s; squeue {calls['squeue']}, sacct {calls['sacct']}")
+            self.add(
+                "scale",
+                f"status over {count:,} evaluations (none final)",
+                round(wall, 2),
+                "s",
+                ratio=times(wall / floor),
+                target=target,
+                ok=ok if target else None,
+                detail=f"CPU {cpu:.2f} s; squeue {calls['squeue']}, sacct {calls['sacct']}",
+            )
         summarised = [root / part for part in sizes[2_000]]
         for request in (path for part in summarised for path in part.glob("*/*/request.json")):
-            (request.parent / "summary.json").write_text(json.dumps({"state": "COMPLETED", "slurm_job_id": "1_0", "tasks": {
-                "bfcl.0": {"status": "success", "metrics": {"bfcl/live_overall_acc": 0.5}}}}))
+            (request.parent / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "state": "COMPLETED",
+                        "slurm_job_id": "1_0",
+                        "tasks": {"bfcl.0": {"status": "success", "metrics": {"bfcl/live_overall_acc": 0.5}}},
+                    }
+                )
+            )
         wall, cpu, _ = self.run([HPC_EVAL, "results", "--format", "json", *summarised])
         floor, floor_cpu = read_floor(summarised, summary=True)
-        self.add("scale", "results over 2,000 evaluations with a final summary", round(wall, 2), "s", ratio=times(wall / floor),
-                 detail=f"CPU {cpu:.2f} s; floor (the same reads) {floor:.2f} s, CPU {floor_cpu:.2f} s")
+        self.add(
+            "scale",
+            "results over 2,000 evaluations with a final summary",
+            round(wall, 2),
+            "s",
+            ratio=times(wall / floor),
+            detail=f"CPU {cpu:.2f} s; floor (the same reads) {floor:.2f} s, CPU {floor_cpu:.2f} s",
+        )
 
     # ---------------------------------------------------------------- the whole run
     def build_big_run(self, count: int, name: str = "big") -> Path:
@@ -392,7 +691,9 @@ class Bench:
         old = time.time() - 3600  # a quiet run: no save in progress
         for path in [*run.glob("iter_*/*"), *run.glob("iter_*")]:
             os.utime(path, (old, old))
-        self.add("setup", f"build a run of {count:,} fake iter dirs (make_iter)", round(time.perf_counter() - start, 1), "s")
+        self.add(
+            "setup", f"build a run of {count:,} fake iter dirs (make_iter)", round(time.perf_counter() - start, 1), "s"
+        )
         return run
 
     def main(self) -> None:
@@ -409,7 +710,9 @@ class Bench:
             return
         slurm_ok = subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
         if not slurm_ok:
-            self.add("slurm", "skipped", "n/a", detail="sinfo failed: start the local Slurm with bash scripts/start-slurm.sh")
+            self.add(
+                "slurm", "skipped", "n/a", detail="sinfo failed: start the local Slurm with bash scripts/start-slurm.sh"
+            )
             return
         self.arrays()
         self.watch(run, count)
@@ -423,7 +726,7 @@ CACHE_STATES = {
     "warm": "this config passed preflight with this launcher before: no launcher import",
 }
 # The phases of `submit --dry-run -c tiny_chat` in one process (cold: each cache miss on its own line).
-PHASES = r'''
+PHASES = r"""
 import json, sys, time
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
@@ -439,10 +742,10 @@ settings = slurm.slurm_settings(cfg)
 submit.submit_evaluations(cfg, checkpoint.choose_checkpoints([], checkpoint.Selection()), settings, dry_run=True)
 mark("dry-run plan, save, sbatch preview (submitit)")
 print(json.dumps([(name, t - marks[i][1]) for i, (name, t) in enumerate(marks[1:])]))
-'''
+"""
 
 # sitecustomize for the payload's jobs: log when the launcher's run_eval is called and returns.
-RUN_EVAL_HOOK = r'''
+RUN_EVAL_HOOK = r"""
 import importlib.abc, importlib.machinery, os, sys, time
 
 LOG = os.environ.get("HPC_EVAL_BENCH_RUN_EVAL_LOG")
@@ -479,7 +782,7 @@ class RunEvalHook(importlib.abc.MetaPathFinder):
 
 if LOG:
     sys.meta_path.insert(0, RunEvalHook())
-'''
+"""
 
 
 def build_iters(job: tuple[str, list[int]]) -> None:
@@ -498,9 +801,20 @@ def build_evaluations(job: tuple[str, int, int]) -> None:
         task = eval_dir / "20260101_120000-0123456789abcdef" / "bfcl.0"
         os.makedirs(task / "logs")
         os.makedirs(task / "artifacts")
-        (eval_dir / "request.json").write_text(json.dumps({"run": Path(root).name, "iteration": index, "checkpoint": None,
-                                                           "config_hash": "0123abcd4567", "created_at": "2026-01-01T00:00:00+0000"}))
-        (eval_dir / "slurm.json").write_text(json.dumps({"slurm_job_id": f"{900000 + index // 1000}_{index % 1000}"}) + "\n")
+        (eval_dir / "request.json").write_text(
+            json.dumps(
+                {
+                    "run": Path(root).name,
+                    "iteration": index,
+                    "checkpoint": None,
+                    "config_hash": "0123abcd4567",
+                    "created_at": "2026-01-01T00:00:00+0000",
+                }
+            )
+        )
+        (eval_dir / "slurm.json").write_text(
+            json.dumps({"slurm_job_id": f"{900000 + index // 1000}_{index % 1000}"}) + "\n"
+        )
         (task / "logs" / "stage.exit").write_text("2026-01-01T00:05:00Z 0\n")
         (task / "artifacts" / "results.yml").write_bytes(results)
 
@@ -572,12 +886,14 @@ def import_times(stderr: str) -> dict[str, float]:
 
 
 def largest(times: dict[str, float], count: int, prefix: str = "") -> str:
-    return ", ".join(f"{name} {t:g} ms" for name, t in list((n, t) for n, t in times.items() if n.startswith(prefix))[:count])
+    return ", ".join(
+        f"{name} {t:g} ms" for name, t in list((n, t) for n, t in times.items() if n.startswith(prefix))[:count]
+    )
 
 
 def scancel(ids: list[str]) -> None:
     for start in range(0, len(ids), 500):
-        subprocess.run(["scancel", *ids[start:start + 500]], capture_output=True)
+        subprocess.run(["scancel", *ids[start : start + 500]], capture_output=True)
 
 
 def wait_summary(eval_dir: Path, timeout: float) -> dict:
@@ -597,9 +913,12 @@ def submitit_start(eval_dir: Path) -> float:
     """The time of submitit's first log line in the job (milliseconds)."""
     from datetime import datetime
 
-    found = [datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-             for log in (eval_dir / "submitit").glob("*_log.*")
-             for match in [re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\)", log.read_text())] if match]
+    found = [
+        datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for log in (eval_dir / "submitit").glob("*_log.*")
+        for match in [re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\)", log.read_text())]
+        if match
+    ]
     if not found:
         raise RuntimeError(f"no submitit log line under {eval_dir / 'submitit'}")
     return min(found)
@@ -613,7 +932,11 @@ def find_payload(folder: Path) -> int | None:
                 cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if Path(cmdline[0].decode()).name.startswith("python") and b"submitit.core._submit" in cmdline and str(folder).encode() in cmdline:
+            if (
+                Path(cmdline[0].decode()).name.startswith("python")
+                and b"submitit.core._submit" in cmdline
+                and str(folder).encode() in cmdline
+            ):
                 return int(proc.name)  # not srun, whose command line names the same module and folder
     return None
 
@@ -652,7 +975,7 @@ def count_syscalls(trace: Path, run: Path, old: set[str], new: set[str]):
                 dir_reads["run"] += 1
             elif any("/.completed-" in p for p in paths):
                 dir_reads["index"] += 1
-        names = {p[len(prefix):].split("/", 1)[0] for p in paths if p.startswith(prefix)}
+        names = {p[len(prefix) :].split("/", 1)[0] for p in paths if p.startswith(prefix)}
         if str(run) in paths:
             under_run += 1
         if names & old:
@@ -663,22 +986,51 @@ def count_syscalls(trace: Path, run: Path, old: set[str], new: set[str]):
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    slurm = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip() if shutil.which("sinfo") else "none"
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    slurm = (
+        subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("sinfo")
+        else "none"
+    )
     try:
         from importlib.metadata import version
 
         launcher = version("nemo-evaluator-launcher")
     except Exception:  # noqa: BLE001
         launcher = "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "slurm": slurm,
-            "launcher": launcher, "os": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S%z")}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "slurm": slurm,
+        "launcher": launcher,
+        "os": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S%z"),
+    }
 
 
 def table(rows: list[Row], markdown: bool) -> str:
     columns = ["section", "measure", "value", "unit", "ratio", "target", "ok", "detail"]
-    cells = [[row.section, row.measure, fmt(row.value), row.unit, row.ratio, row.target,
-              "" if row.ok is None else "yes" if row.ok else "MISSED", row.detail] for row in rows]
+    cells = [
+        [
+            row.section,
+            row.measure,
+            fmt(row.value),
+            row.unit,
+            row.ratio,
+            row.target,
+            "" if row.ok is None else "yes" if row.ok else "MISSED",
+            row.detail,
+        ]
+        for row in rows
+    ]
     if markdown:
         escape = lambda text: text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -690,13 +1042,18 @@ def table(rows: list[Row], markdown: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="arrays up to N=100, watch over 1,000 dirs")
-    parser.add_argument("--skip-slurm", action="store_true", help="skip the sections that need the local Slurm (3, 4, 5)")
+    parser.add_argument(
+        "--skip-slurm", action="store_true", help="skip the sections that need the local Slurm (3, 4, 5)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON object to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
-    parser.add_argument("--report-targets", action="store_true",
-                        help="report missed targets but exit 0 (CI: noisy machines); errors still exit non-zero")
+    parser.add_argument(
+        "--report-targets",
+        action="store_true",
+        help="report missed targets but exit 0 (CI: noisy machines); errors still exit non-zero",
+    )
     parser.add_argument("--scale", action="store_true", help="only section 6 (its status rows call the local Slurm)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hpc-eval-bench-"))
@@ -706,8 +1063,11 @@ def main() -> int:
     try:
         bench.main()
     finally:
-        info.update(load_after=os.getloadavg(), bench_s=round(time.perf_counter() - started, 1),
-                    command=" ".join(["benchmarks/bench.py", *sys.argv[1:]]))
+        info.update(
+            load_after=os.getloadavg(),
+            bench_s=round(time.perf_counter() - started, 1),
+            command=" ".join(["benchmarks/bench.py", *sys.argv[1:]]),
+        )
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
@@ -719,8 +1079,10 @@ def main() -> int:
         print(report)
     else:
         load = lambda values: " ".join(f"{v:.2f}" for v in values)  # noqa: E731
-        print(f"machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, {info['slurm']}, launcher {info['launcher']}; "
-              f"load {load(info['load_before'])} -> {load(info['load_after'])}; {info['bench_s']} s; {info['date']}")
+        print(
+            f"machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, {info['slurm']}, launcher {info['launcher']}; "
+            f"load {load(info['load_before'])} -> {load(info['load_after'])}; {info['bench_s']} s; {info['date']}"
+        )
         print(table(bench.rows, args.markdown))
     missed = [row.measure for row in bench.rows if row.ok is False]
     if missed and args.report_targets:

@@ -27,12 +27,16 @@ def check_auto_export(launcher: dict[str, Any], source) -> None:
         return
     ours = sorted(REFUSED_EXPORTS & set(destinations))
     if ours:
-        raise ConfigError(f"{source}: execution.auto_export to {', '.join(ours)} is not run by hpc-eval; its exporter at step = training "
-                          f"iteration is coming (issue 17): remove the key (~execution.auto_export) and export with `nel export` meanwhile")
+        raise ConfigError(
+            f"{source}: execution.auto_export to {', '.join(ours)} is not run by hpc-eval; its exporter at step = training "
+            f"iteration is coming (issue 17): remove the key (~execution.auto_export) and export with `nel export` meanwhile"
+        )
     if (launcher.get("execution") or {}).get("type") == "local":
         return  # the launcher's local executor runs these exporters at the end of each task's script
-    raise ConfigError(f"{source}: execution.auto_export to {', '.join(map(str, destinations))} is not run inside the hpc-eval job; "
-                      f"remove the key (~execution.auto_export) and run `nel export INVOCATION --dest {destinations[0]}` after the job")
+    raise ConfigError(
+        f"{source}: execution.auto_export to {', '.join(map(str, destinations))} is not run inside the hpc-eval job; "
+        f"remove the key (~execution.auto_export) and run `nel export INVOCATION --dest {destinations[0]}` after the job"
+    )
 
 
 def check_acceptance(launcher: dict[str, Any], source) -> None:
@@ -45,8 +49,11 @@ def check_acceptance(launcher: dict[str, Any], source) -> None:
     if not passed.exists():
         launcher_checks(launcher, source)
         write_cache(passed, {"passed": True})  # the name is a hash: no config text (or secret) is stored
-    missing = [f"{source}: environment variable {name} ({where}) is not set here; the launcher reads it on the node: export {name}=... before submitting"
-               for name, where in host_variables(launcher).items() if name not in os.environ]
+    missing = [
+        f"{source}: environment variable {name} ({where}) is not set here; the launcher reads it on the node: export {name}=... before submitting"
+        for name, where in host_variables(launcher).items()
+        if name not in os.environ
+    ]
     if missing:
         raise ConfigError("\nError: ".join(missing))
 
@@ -77,9 +84,11 @@ def launcher_checks(launcher: dict[str, Any], source) -> None:
 
 def env_sections(launcher: dict[str, Any]) -> dict[str, dict]:
     """Every env_vars mapping the launcher reads, by where it sits."""
-    sections = {"env_vars": launcher.get("env_vars") or {},
-                "evaluation.env_vars": (launcher.get("evaluation") or {}).get("env_vars") or {},
-                "deployment.env_vars": (launcher.get("deployment") or {}).get("env_vars") or {}}
+    sections = {
+        "env_vars": launcher.get("env_vars") or {},
+        "evaluation.env_vars": (launcher.get("evaluation") or {}).get("env_vars") or {},
+        "deployment.env_vars": (launcher.get("deployment") or {}).get("env_vars") or {},
+    }
     for index, task in enumerate((launcher.get("evaluation") or {}).get("tasks") or []):
         sections[f"evaluation.tasks.{index}.env_vars"] = task.get("env_vars") or {}
     return sections
@@ -92,7 +101,7 @@ def host_variables(launcher: dict[str, Any]) -> dict[str, str]:
         for name, raw in section.items():
             declared.add(str(name))
             if str(raw).startswith("host:"):
-                needed.setdefault(str(raw)[len("host:"):], f"{where}.{name}")
+                needed.setdefault(str(raw)[len("host:") :], f"{where}.{name}")
     api_key = ((launcher.get("target") or {}).get("api_endpoint") or {}).get("api_key_name")
     if api_key and str(api_key) not in declared:  # the launcher adds it as host:NAME unless declared
         needed.setdefault(str(api_key), "target.api_endpoint.api_key_name")

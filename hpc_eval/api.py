@@ -43,8 +43,15 @@ class Loaded:
     settings: SlurmSettings
 
 
-def load(config: str = "default", overrides: Sequence[str] = (), *, checkpoint: str | Path | None = None,
-         tasks: Sequence[str] = (), output_dir: str | Path | None = None, slurm: dict[str, Any] | None = None) -> Loaded:
+def load(
+    config: str = "default",
+    overrides: Sequence[str] = (),
+    *,
+    checkpoint: str | Path | None = None,
+    tasks: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    slurm: dict[str, Any] | None = None,
+) -> Loaded:
     """Load a config (a built-in name or a YAML path), apply overrides, and build its Slurm settings.
 
     `slurm` sets Slurm settings on top of the config's `slurm:` section (any SlurmSettings key:
@@ -58,7 +65,9 @@ def load(config: str = "default", overrides: Sequence[str] = (), *, checkpoint: 
 
     # --gpus changes the config's GPU count, so that the server command follows the sbatch line
     gpus = (slurm or {}).get("gpus_per_node")
-    loaded = load_config(config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir, gpus=gpus)
+    loaded = load_config(
+        config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir, gpus=gpus
+    )
     return Loaded(loaded, slurm_settings(loaded, slurm))
 
 
@@ -81,11 +90,24 @@ class Submission:
         return {**self.result.to_dict(), "output_dir": str(self.output_dir), "notes": self.notes, **self.follow_up()}
 
 
-def submit(config: str = "default", overrides: Sequence[str] = (), *, checkpoints: Sequence[str] = (),
-           select_all: bool = False, latest: bool = False, every: int | None = None, from_step: int | None = None,
-           to_step: int | None = None, tasks: Sequence[str] = (), output_dir: str | Path | None = None,
-           slurm: dict[str, Any] | None = None, run: str | None = None, strict: bool = False, force: bool = False,
-           dry_run: bool = False) -> Submission:
+def submit(
+    config: str = "default",
+    overrides: Sequence[str] = (),
+    *,
+    checkpoints: Sequence[str] = (),
+    select_all: bool = False,
+    latest: bool = False,
+    every: int | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    tasks: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    slurm: dict[str, Any] | None = None,
+    run: str | None = None,
+    strict: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Submission:
     """Evaluate checkpoints (iter_* dirs, globs, or run dirs with a selection) as one Slurm job or array.
 
     Raises:
@@ -100,7 +122,9 @@ def submit(config: str = "default", overrides: Sequence[str] = (), *, checkpoint
     first = choice.valid[0][0] if choice.valid else None
     loaded = load(config, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir, slurm=slurm)
     config_lib.preflight(loaded.config)
-    result = submit_lib.submit_evaluations(loaded.config, choice, loaded.settings, run=run, force=force, dry_run=dry_run)
+    result = submit_lib.submit_evaluations(
+        loaded.config, choice, loaded.settings, run=run, force=force, dry_run=dry_run
+    )
     submission = Submission(result, loaded.config.output_dir, notes=list(loaded.config.notes))
     if dry_run and result.to_submit:
         from hpc_eval.executor import describe_commands
@@ -122,9 +146,17 @@ def split_run_dirs(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     return [arg for arg in arguments if arg not in overrides], overrides
 
 
-def watch(run_dirs: Sequence[str | Path], config: str = "default", overrides: Sequence[str] = (), *,
-          tasks: Sequence[str] = (), output_dir: str | Path | None = None, slurm: dict[str, Any] | None = None,
-          options: WatchOptions | None = None, interval: float | None = None) -> Iterator[PassResult]:
+def watch(
+    run_dirs: Sequence[str | Path],
+    config: str = "default",
+    overrides: Sequence[str] = (),
+    *,
+    tasks: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    slurm: dict[str, Any] | None = None,
+    options: WatchOptions | None = None,
+    interval: float | None = None,
+) -> Iterator[PassResult]:
     """Watch passes over the runs' checkpoint dirs: one, or with `interval` one every `interval` seconds
     until a stop file appears. The config is loaded once, before the first pass.
 
@@ -138,20 +170,33 @@ def watch(run_dirs: Sequence[str | Path], config: str = "default", overrides: Se
         refuse_line_breaks(str(path), "run directory")
     missing = [str(path) for path in run_dirs if not Path(path).is_dir()]
     if missing or not run_dirs:
-        raise UsageError(f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory")
+        raise UsageError(
+            f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory"
+        )
     loaded = load(config, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir, slurm=slurm)
     while True:
-        result = watch_lib.watch_pass([Path(path) for path in run_dirs], loaded.config.for_checkpoint, loaded.settings,
-                                      options or watch_lib.WatchOptions())
+        result = watch_lib.watch_pass(
+            [Path(path) for path in run_dirs],
+            loaded.config.for_checkpoint,
+            loaded.settings,
+            options or watch_lib.WatchOptions(),
+        )
         yield result
         if interval is None or result.stopped:
             return
         time.sleep(interval)
 
 
-def watch_pass(run_dirs: Sequence[str | Path], config: str = "default", overrides: Sequence[str] = (), *,
-               tasks: Sequence[str] = (), output_dir: str | Path | None = None, slurm: dict[str, Any] | None = None,
-               options: WatchOptions | None = None) -> PassResult:
+def watch_pass(
+    run_dirs: Sequence[str | Path],
+    config: str = "default",
+    overrides: Sequence[str] = (),
+    *,
+    tasks: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    slurm: dict[str, Any] | None = None,
+    options: WatchOptions | None = None,
+) -> PassResult:
     """One watch pass: submit each new complete checkpoint of the runs once, as one array (see `watch`)."""
     return next(watch(run_dirs, config, overrides, tasks=tasks, output_dir=output_dir, slurm=slurm, options=options))
 
@@ -161,7 +206,9 @@ def existing_roots(roots: Iterable[str | Path]) -> list[Path]:
     chosen = [str(root) for root in roots] or [DEFAULT_ROOT]
     missing = [root for root in chosen if not Path(root).exists()]
     if missing:
-        raise UsageError(f"no such directory: {missing[0]}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory")
+        raise UsageError(
+            f"no such directory: {missing[0]}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory"
+        )
     return [Path(root) for root in chosen]
 
 
@@ -172,8 +219,13 @@ def status(roots: Iterable[str | Path] = ()) -> list[EvaluationStatus]:
     return collect_status(existing_roots(roots))
 
 
-def results(roots: Iterable[str | Path] = (), *, metrics: Sequence[str] = (), plot: str | Path | None = None,
-            progress: Progress | None = None) -> ResultsTable:
+def results(
+    roots: Iterable[str | Path] = (),
+    *,
+    metrics: Sequence[str] = (),
+    plot: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ResultsTable:
     """Scores per training step; `metrics` keeps matching columns (exact key, substring or glob);
     `plot` also saves a line chart of them against training step (PNG; needs matplotlib)."""
     from hpc_eval import results as results_lib
@@ -232,24 +284,43 @@ def logs(target: str, roots: Iterable[str | Path] = ()) -> dict[str, list[Path]]
     search = [] if (Path(target) / "request.json").exists() else [str(root) for root in roots] or [DEFAULT_ROOT]
     paths = find_evaluation(target, existing_roots(search) if search else [])  # a directory needs no search
     if paths is None:
-        raise UsageError(f"no evaluation found for '{target}' under {', '.join(search)}; give an evaluation directory, a job id or RUN:ITERATION (and --output-dir)")
+        raise UsageError(
+            f"no evaluation found for '{target}' under {', '.join(search)}; give an evaluation directory, a job id or RUN:ITERATION (and --output-dir)"
+        )
     return log_files(paths)
 
 
-def show_config(config: str = "default", overrides: Sequence[str] = (), *, checkpoint: str | Path | None = None,
-                tasks: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
+def show_config(
+    config: str = "default",
+    overrides: Sequence[str] = (),
+    *,
+    checkpoint: str | Path | None = None,
+    tasks: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """The resolved launcher config (the tool's own keys removed; secrets by name only)."""
     from hpc_eval.config import load_config
 
-    return load_config(config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir).launcher
+    return load_config(
+        config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir
+    ).launcher
 
 
-def export(roots: Iterable[str | Path] = (), to: Sequence[str] = ("wandb", "mlflow"), *, project: str | None = None,
-           name: str | None = None, entity: str | None = None, tracking_uri: str | None = None) -> ExportReport:
+def export(
+    roots: Iterable[str | Path] = (),
+    to: Sequence[str] = ("wandb", "mlflow"),
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    entity: str | None = None,
+    tracking_uri: str | None = None,
+) -> ExportReport:
     """Log finished evaluations' scores to W&B / MLflow at step = training iteration (see hpc_eval.export)."""
     from hpc_eval.export import export as export_scores
 
-    return export_scores(existing_roots(roots), list(to), project=project, name=name, entity=entity, tracking_uri=tracking_uri)
+    return export_scores(
+        existing_roots(roots), list(to), project=project, name=name, entity=entity, tracking_uri=tracking_uri
+    )
 
 
 def cancel(targets: Sequence[str], roots: Iterable[str | Path] = (), *, every: bool = False) -> CancelResult:

@@ -50,8 +50,10 @@ def cancel(targets: list[str], roots: list[Path], *, every: bool = False) -> Can
         else:
             result.left.append({"eval_dir": row.eval_dir, "state": row.state})
     for item in result.cancelled:  # first: the job's own summary may be written as soon as scancel lands
-        write_json(Path(item["eval_dir"]) / CANCELLED_RECORD,
-                   {"slurm_job_id": item["job_id"], "by": getpass.getuser(), "at": now_iso(), "reason": CANCELLED_BY_USER})
+        write_json(
+            Path(item["eval_dir"]) / CANCELLED_RECORD,
+            {"slurm_job_id": item["job_id"], "by": getpass.getuser(), "at": now_iso(), "reason": CANCELLED_BY_USER},
+        )
     scancel(job_ids)
     return result
 
@@ -67,15 +69,22 @@ def evaluations_for(target: str, roots: list[Path], every: bool) -> list[EvalPat
             if not every:
                 raise UsageError(f"{target} is an output dir: add --all to cancel every running evaluation under it")
             return list(iter_evaluations(path))
-        raise UsageError(f"no evaluation under {target}; give an evaluation dir, a run folder, an output dir with --all, a job id or RUN:ITERATION")
+        raise UsageError(
+            f"no evaluation under {target}; give an evaluation dir, a run folder, an output dir with --all, a job id or RUN:ITERATION"
+        )
     evaluations = [paths for root in roots for paths in iter_evaluations(root)]
-    array = [paths for paths in evaluations if target.isdigit() and any(
-        attempt["slurm_job_id"].split("_")[0] == target for attempt in paths.read_attempts()[-1:])]
+    array = [
+        paths
+        for paths in evaluations
+        if target.isdigit()
+        and any(attempt["slurm_job_id"].split("_")[0] == target for attempt in paths.read_attempts()[-1:])
+    ]
     if array:
         return array
     found = find_evaluation(target, roots)
     if found is None:
         where = ", ".join(map(str, roots)) or "(no output dir)"
-        raise UsageError(f"no evaluation found for '{target}' under {where}; give an evaluation dir, a job id or RUN:ITERATION (and --output-dir)")
+        raise UsageError(
+            f"no evaluation found for '{target}' under {where}; give an evaluation dir, a job id or RUN:ITERATION (and --output-dir)"
+        )
     return [found]
-

@@ -31,8 +31,17 @@ from hpc_eval.checkpoint_rules import (
 from hpc_eval.errors import CheckpointError
 
 __all__ = [  # what callers use; the rules and readers are re-exported from checkpoint_rules
-    "ITER_NAME", "TRACKER_TXT", "CheckpointError", "Discovery", "Verdict", "discover",
-    "is_run_dir", "latest", "shard_ends", "validate", "validate_many",
+    "ITER_NAME",
+    "TRACKER_TXT",
+    "CheckpointError",
+    "Discovery",
+    "Verdict",
+    "discover",
+    "is_run_dir",
+    "latest",
+    "shard_ends",
+    "validate",
+    "validate_many",
 ]
 
 TRACKER_PT = "latest_train_state.pt"  # Bridge tracker (a torch pickle we never open)
@@ -149,7 +158,11 @@ def _discover(
             if match and wanted(int(match.group(1))) and entry.is_dir():
                 candidates.append((int(match.group(1)), entry))
         except OSError as error:  # a symlink loop, no permission: that checkpoint is invalid, the rest go on
-            unreadable.append(Verdict(run_dir / name, ok=False, iteration=int(match.group(1)), reason=scan_error(run_dir / name, error)))
+            unreadable.append(
+                Verdict(
+                    run_dir / name, ok=False, iteration=int(match.group(1)), reason=scan_error(run_dir / name, error)
+                )
+            )
     tracker = _read_tracker(run_dir) if TRACKER_TXT in entries else None
     if select == "latest":
         # The tracker's iteration first, then the rest from the highest step down.
@@ -256,10 +269,7 @@ def _run_dir_reason(path: Path, entries: Entries) -> str:
         how = f"highest complete iteration; no {TRACKER_TXT}"
     else:
         how = f"highest complete iteration; the tracker's iter_{tracker:07d} is not usable"
-    return (
-        f"{prefix}; pass an iteration directory such as {best.path} ({how}), "
-        f"or give the directory to --all/--latest"
-    )
+    return f"{prefix}; pass an iteration directory such as {best.path} ({how}), or give the directory to --all/--latest"
 
 
 # ---- small readers ----
@@ -301,7 +311,9 @@ class CheckpointChoice:
     invalid: list[tuple[str, str]]  # (path, reason)
 
 
-def choose_checkpoints(given: list[str], selection: Selection, *, strict: bool = False, quiet_seconds: float = 0.0) -> CheckpointChoice:
+def choose_checkpoints(
+    given: list[str], selection: Selection, *, strict: bool = False, quiet_seconds: float = 0.0
+) -> CheckpointChoice:
     """Validate explicit checkpoints and expand training-run directories by the selection.
 
     Raises:
@@ -315,8 +327,14 @@ def choose_checkpoints(given: list[str], selection: Selection, *, strict: bool =
             invalid.append((pattern, f"no path matches {pattern}"))
         for path in paths:
             if selection.given and is_run_dir(path):
-                found = discover(path, select="latest" if selection.latest else "all", every=selection.every,
-                                      from_step=selection.from_step, to_step=selection.to_step, quiet_seconds=quiet_seconds)
+                found = discover(
+                    path,
+                    select="latest" if selection.latest else "all",
+                    every=selection.every,
+                    from_step=selection.from_step,
+                    to_step=selection.to_step,
+                    quiet_seconds=quiet_seconds,
+                )
                 valid += [(verdict.path, verdict.iteration) for verdict in found.valid]
                 invalid += [(str(verdict.path), verdict.reason) for verdict in found.invalid]
                 continue
@@ -326,7 +344,10 @@ def choose_checkpoints(given: list[str], selection: Selection, *, strict: bool =
             else:
                 invalid.append((str(verdict.path), verdict.reason))
     if invalid and (strict or (len(given) == 1 and not selection.given and not valid)):
-        raise CheckpointError(f"invalid checkpoint {invalid[0][0]}: {invalid[0][1]}" + (f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else ""))
+        raise CheckpointError(
+            f"invalid checkpoint {invalid[0][0]}: {invalid[0][1]}"
+            + (f" (and {len(invalid) - 1} more)" if len(invalid) > 1 else "")
+        )
     if given and not valid:
         reason = invalid[0][1] if invalid else "nothing selected"
         raise CheckpointError(f"no valid checkpoint among {', '.join(given)}: {reason}")

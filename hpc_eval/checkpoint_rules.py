@@ -86,9 +86,7 @@ def check_iter_dir(path: Path, entries: Entries, options: Options) -> Verdict:
     return Verdict(path, True, iteration, "torch_dist", has_tokenizer, None, warnings)
 
 
-def _completeness_problem(
-    path: Path, entries: Entries, config: _RunConfig | None
-) -> tuple[str | None, str | None]:
+def _completeness_problem(path: Path, entries: Entries, config: _RunConfig | None) -> tuple[str | None, str | None]:
     """Return (reason, format) for the first missing or broken piece, in the save's write order."""
     names = entries.keys()
     shards = sorted(name for name in names if name.endswith(".distcp"))
@@ -118,8 +116,7 @@ def _completeness_problem(
                 f"examples/conversion/mfsdp/convert_checkpoints_fsdp.py"
             ), "fsdp_dtensor"
         return (
-            f"{path} is incomplete: .metadata without metadata.json (the Megatron-Core finalize "
-            f"did not run); {earlier}"
+            f"{path} is incomplete: .metadata without metadata.json (the Megatron-Core finalize did not run); {earlier}"
         ), None
     problem, common_backend = _read_metadata_json(entries["metadata.json"])
     if problem:
@@ -232,8 +229,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 # What a damaged or foreign pickle can raise while being read by the restricted unpickler.
 _UNREADABLE = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
-    IndexError, RecursionError, OverflowError, MemoryError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    RecursionError,
+    OverflowError,
+    MemoryError,
 )
 
 
@@ -267,9 +272,7 @@ def _warnings(
     if iteration is None:
         warnings.append(f"{path.name} is not named iter_NNNNNNN: the iteration is unknown")
     elif len(ITER_NAME.match(path.name).group(1)) < 7:
-        warnings.append(
-            f"{path.name} is not zero-padded; Megatron tools look for iter_{iteration:07d}"
-        )
+        warnings.append(f"{path.name} is not zero-padded; Megatron tools look for iter_{iteration:07d}")
     if not is_dir(entries, "tokenizer"):
         warnings.append(
             "no tokenizer/ directory: serving uses the tokenizer named in run_config.yaml, which "
@@ -289,9 +292,7 @@ def _warnings(
             f"{tracker}): the save may not be finalized, or this is a stale directory"
         )
     if options.quiet_seconds > 0:  # stat every entry only when asked: that is the costly part
-        newest = max(
-            [os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()]
-        )
+        newest = max([os.stat(path).st_mtime] + [entry.stat().st_mtime for entry in entries.values()])
         age = (time.time() if options.now is None else options.now) - newest
         if age < options.quiet_seconds:
             warnings.append(
@@ -314,9 +315,7 @@ def _read_run_config(run_config: os.DirEntry) -> _RunConfig:
     peft_block = peft is not None and peft.group(2) is not None
     return _RunConfig(
         has_model=MODEL_KEY.search(text) is not None,
-        ckpt_format=(
-            ckpt_format.group(1).strip(b" '\"").decode(errors="replace") if ckpt_format else None
-        ),
+        ckpt_format=(ckpt_format.group(1).strip(b" '\"").decode(errors="replace") if ckpt_format else None),
         peft=peft_inline or peft_block,
     )
 
@@ -334,9 +333,7 @@ def scan_error(path: Path, error: OSError) -> str:
     if isinstance(error, NotADirectoryError):
         return f"{path} is a file, not a directory; pass the checkpoint's iter_NNNNNNN directory"
     if isinstance(error, PermissionError):
-        return (
-            f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
-        )
+        return f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
     return f"cannot read {path}: {error.strerror or error}"
 
 

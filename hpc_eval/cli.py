@@ -56,11 +56,27 @@ def main(debug: bool) -> None:
 def config_options(command):
     """The options every command that loads a config shares (submit, watch, config show)."""
     options = [
-        click.option("-c", "--config", "config_name", default="default", show_default=True,
-                     help="A built-in config name (default, tiny_chat) or a YAML path."),
+        click.option(
+            "-c",
+            "--config",
+            "config_name",
+            default="default",
+            show_default=True,
+            help="A built-in config name (default, tiny_chat) or a YAML path.",
+        ),
         click.argument("overrides", nargs=-1),
-        click.option("-t", "--task", "tasks", multiple=True, help="Run only this task (name or name.INDEX); repeatable; wins over task_filters."),
-        click.option("--output-dir", type=click.Path(file_okay=False), help="Root of all evaluation directories (the output_dir key)."),
+        click.option(
+            "-t",
+            "--task",
+            "tasks",
+            multiple=True,
+            help="Run only this task (name or name.INDEX); repeatable; wins over task_filters.",
+        ),
+        click.option(
+            "--output-dir",
+            type=click.Path(file_okay=False),
+            help="Root of all evaluation directories (the output_dir key).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -81,7 +97,13 @@ def slurm_options(command):
 
 
 def slurm_cli_overrides(partition, account, time_limit, gpus, parallel) -> dict:
-    return {"partition": partition, "account": account, "time": time_limit, "gpus_per_node": gpus, "array_parallelism": parallel}
+    return {
+        "partition": partition,
+        "account": account,
+        "time": time_limit,
+        "gpus_per_node": gpus,
+        "array_parallelism": parallel,
+    }
 
 
 def selection_options(command):
@@ -110,20 +132,49 @@ Values are YAML (true, 3, [a, b]); quote them for the shell."""
 
 @main.command(epilog=OVERRIDES_HELP)
 @config_options
-@click.option("--checkpoint", "checkpoints", multiple=True,
-              help="An iter_* directory, a glob, or a run's checkpoint directory with --all/--latest/...; repeatable.")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    help="An iter_* directory, a glob, or a run's checkpoint directory with --all/--latest/...; repeatable.",
+)
 @selection_options
 @slurm_options
-@click.option("--run", "run_label", help="Name of the training run in the output tree (default: from the checkpoint path).")
+@click.option(
+    "--run", "run_label", help="Name of the training run in the output tree (default: from the checkpoint path)."
+)
 @click.option("--strict", is_flag=True, help="Refuse the whole submission when any selected checkpoint is invalid.")
 @click.option("--force", is_flag=True, help="Evaluate again checkpoints already evaluated with the same config.")
-@click.option("--dry-run", is_flag=True,
-              help="Resolve, validate and save everything under a temp dir and show the sbatch script; submit nothing. "
-                   "(The `dry_run` config key is different: the launcher's own dry run, inside the job.)")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve, validate and save everything under a temp dir and show the sbatch script; submit nothing. "
+    "(The `dry_run` config key is different: the launcher's own dry run, inside the job.)",
+)
 @format_option
 @translate_errors
-def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, latest, every, from_step, to_step,
-           partition, account, time_limit, gpus, parallel, run_label, strict, force, dry_run, fmt):
+def submit(
+    config_name,
+    overrides,
+    tasks,
+    output_dir,
+    checkpoints,
+    select_all,
+    latest,
+    every,
+    from_step,
+    to_step,
+    partition,
+    account,
+    time_limit,
+    gpus,
+    parallel,
+    run_label,
+    strict,
+    force,
+    dry_run,
+    fmt,
+):
     """Submit evaluations of checkpoints as one Slurm job or one job array.
 
     \b
@@ -132,10 +183,23 @@ def submit(config_name, overrides, tasks, output_dir, checkpoints, select_all, l
       hpc-eval submit -c my.yaml --checkpoint /runs/a/checkpoints --all --parallel 4
       hpc-eval submit -c tiny_chat --dry-run slurm.time=00:30:00 +deployment.extra_args=--foo
     """
-    submission = api.submit(config_name, overrides, checkpoints=checkpoints, select_all=select_all, latest=latest,
-                            every=every, from_step=from_step, to_step=to_step, tasks=tasks, output_dir=output_dir,
-                            slurm=slurm_cli_overrides(partition, account, time_limit, gpus, parallel),
-                            run=run_label, strict=strict, force=force, dry_run=dry_run)
+    submission = api.submit(
+        config_name,
+        overrides,
+        checkpoints=checkpoints,
+        select_all=select_all,
+        latest=latest,
+        every=every,
+        from_step=from_step,
+        to_step=to_step,
+        tasks=tasks,
+        output_dir=output_dir,
+        slurm=slurm_cli_overrides(partition, account, time_limit, gpus, parallel),
+        run=run_label,
+        strict=strict,
+        force=force,
+        dry_run=dry_run,
+    )
     output.show_submission(submission, fmt)
 
 
@@ -147,7 +211,9 @@ def config_group():
 @config_group.command("show", epilog=OVERRIDES_HELP)
 @config_options
 @click.option("--checkpoint", help="Set deployment.checkpoint_path (interpolations follow it).")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True, help="Output format."
+)
 @translate_errors
 def config_show(config_name, overrides, tasks, output_dir, checkpoint, fmt):
     """Print the resolved launcher config (the tool's own keys removed; secrets by name only)."""
@@ -164,7 +230,10 @@ def config_show(config_name, overrides, tasks, output_dir, checkpoint, fmt):
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @format_option
 @click.option(
-    "--quiet-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    "--quiet-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
     help="Warn when files changed within this many seconds (a save may still be running).",
 )
 @translate_errors
@@ -179,7 +248,9 @@ def validate_command(paths: tuple[str, ...], fmt: str, quiet_seconds: float) -> 
 @main.command()
 @click.argument("roots", nargs=-1, type=click.Path())
 @format_option
-@click.option("--watch", "watch_seconds", type=float, default=None, metavar="SECONDS", help="Refresh in place every SECONDS.")
+@click.option(
+    "--watch", "watch_seconds", type=float, default=None, metavar="SECONDS", help="Refresh in place every SECONDS."
+)
 @translate_errors
 def status(roots, fmt, watch_seconds):
     """One row per evaluation under OUTPUT_DIR (default ./results), a run folder or an evaluation.
@@ -198,7 +269,9 @@ def status(roots, fmt, watch_seconds):
 
 @main.command()
 @click.argument("target")
-@click.option("--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids (default ./results).")
+@click.option(
+    "--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids (default ./results)."
+)
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs (tail -F) until Ctrl-C.")
 @format_option
 @translate_errors
@@ -216,23 +289,60 @@ def logs(target, roots, follow, fmt):
 
 @main.command(epilog=OVERRIDES_HELP)
 @click.argument("arguments", nargs=-1, required=True, metavar="RUN_DIR... [KEY=VALUE...]")
-@click.option("-c", "--config", "config_name", default="default", show_default=True, help="A built-in config name or a YAML path.")
+@click.option(
+    "-c", "--config", "config_name", default="default", show_default=True, help="A built-in config name or a YAML path."
+)
 @click.option("-t", "--task", "tasks", multiple=True, help="Run only this task; repeatable.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Root of all evaluation directories.")
 @slurm_options
 @click.option("--max-submit", type=int, help="Submit at most K checkpoints per pass (newest first).")
-@click.option("--max-attempts", type=int, default=3, show_default=True, help="Submissions per evaluation, retries included.")
+@click.option(
+    "--max-attempts", type=int, default=3, show_default=True, help="Submissions per evaluation, retries included."
+)
 @click.option("--retry-failed", is_flag=True, help="Also retry evaluations that FAILED or were CANCELLED.")
-@click.option("--quiet-seconds", type=float, default=60.0, show_default=True, help="Skip checkpoints with a file changed this recently (a save may be running).")
+@click.option(
+    "--quiet-seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Skip checkpoints with a file changed this recently (a save may be running).",
+)
 @click.option("--oldest-first", is_flag=True, help="Submit the oldest new checkpoints first.")
-@click.option("--stop-file", type=click.Path(dir_okay=False), help="Exit at once without submitting while this file exists (default OUTPUT_DIR/STOP).")
-@click.option("--loop", is_flag=True, help="Run a pass every --interval seconds instead of once (for tmux; cron needs no loop).")
+@click.option(
+    "--stop-file",
+    type=click.Path(dir_okay=False),
+    help="Exit at once without submitting while this file exists (default OUTPUT_DIR/STOP).",
+)
+@click.option(
+    "--loop", is_flag=True, help="Run a pass every --interval seconds instead of once (for tmux; cron needs no loop)."
+)
 @click.option("--interval", type=float, default=300.0, show_default=True, help="Seconds between passes with --loop.")
 @format_option
-@click.option("--quiet", "-q", is_flag=True, help="Hide the `skipped` lines (ended, cancelled, unreadable, claimed elsewhere).")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Hide the `skipped` lines (ended, cancelled, unreadable, claimed elsewhere)."
+)
 @translate_errors
-def watch(arguments, config_name, tasks, output_dir, partition, account, time_limit, gpus, parallel,
-          max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, stop_file, loop, interval, fmt, quiet):
+def watch(
+    arguments,
+    config_name,
+    tasks,
+    output_dir,
+    partition,
+    account,
+    time_limit,
+    gpus,
+    parallel,
+    max_submit,
+    max_attempts,
+    retry_failed,
+    quiet_seconds,
+    oldest_first,
+    stop_file,
+    loop,
+    interval,
+    fmt,
+    quiet,
+):
     """One pass: submit each new complete checkpoint of the runs once, as one array.
 
     Evaluations Slurm no longer knows (state LOST: purged from accounting, or the controller was
@@ -246,10 +356,19 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
     from hpc_eval.watch import WatchOptions
 
     run_dirs, overrides = api.split_run_dirs(arguments)
-    options = WatchOptions(max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None)
-    for result in api.watch(run_dirs, config_name, overrides, tasks=tasks, output_dir=output_dir, options=options,
-                            slurm=slurm_cli_overrides(partition, account, time_limit, gpus, parallel),
-                            interval=interval if loop else None):
+    options = WatchOptions(
+        max_submit, max_attempts, retry_failed, quiet_seconds, oldest_first, Path(stop_file) if stop_file else None
+    )
+    for result in api.watch(
+        run_dirs,
+        config_name,
+        overrides,
+        tasks=tasks,
+        output_dir=output_dir,
+        options=options,
+        slurm=slurm_cli_overrides(partition, account, time_limit, gpus, parallel),
+        interval=interval if loop else None,
+    ):
         output.show_pass(result, fmt, quiet)
     sys.exit(result.exit_code)
 
@@ -259,7 +378,13 @@ def watch(arguments, config_name, tasks, output_dir, partition, account, time_li
 @click.option("--every", "minutes", type=int, default=15, show_default=True, help="Minutes between passes.")
 @click.option("--partition", default="cpu", show_default=True, help="Partition for the scrontab job (a CPU one).")
 @click.option("--time", "time_limit", default="00:10:00", show_default=True, help="Time limit of each scrontab run.")
-@click.option("--log", type=click.Path(dir_okay=False), default="hpc-eval-watch.log", show_default=True, help="Where passes append their output.")
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False),
+    default="hpc-eval-watch.log",
+    show_default=True,
+    help="Where passes append their output.",
+)
 def cron(watch_args, minutes, partition, time_limit, log):
     """Print a crontab line and a scrontab file that run `hpc-eval watch WATCH_ARGS...`; installs nothing.
 
@@ -270,21 +395,46 @@ def cron(watch_args, minutes, partition, time_limit, log):
     from hpc_eval.watch import render_cron
 
     executable = shutil.which("hpc-eval") or os.path.abspath(sys.argv[0])
-    output_dir = next((watch_args[i + 1] for i, arg in enumerate(watch_args[:-1]) if arg == "--output-dir"), "./results")
-    texts = render_cron(list(watch_args), executable=executable, cwd=Path.cwd(), path_env=os.environ.get("PATH", ""),
-                        minutes=minutes, partition=partition, time_limit=time_limit, log=Path(log).absolute(),
-                        stop_file=Path(output_dir).absolute() / "STOP")
+    output_dir = next(
+        (watch_args[i + 1] for i, arg in enumerate(watch_args[:-1]) if arg == "--output-dir"), "./results"
+    )
+    texts = render_cron(
+        list(watch_args),
+        executable=executable,
+        cwd=Path.cwd(),
+        path_env=os.environ.get("PATH", ""),
+        minutes=minutes,
+        partition=partition,
+        time_limit=time_limit,
+        log=Path(log).absolute(),
+        stop_file=Path(output_dir).absolute() / "STOP",
+    )
     click.echo("# ---- crontab ----\n" + texts["crontab"] + "\n# ---- scrontab ----\n" + texts["scrontab"], nl=False)
 
 
 @main.command()
 @click.argument("roots", nargs=-1, type=click.Path())
 @format_option
-@click.option("--metric", "metric_patterns", multiple=True,
-              help="Only matching columns: an exact key, a substring or a glob (bfcl/*); repeatable.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also save a line chart of the scores against training step (PNG).")
-@click.option("--missing", "list_missing", is_flag=True, help="List the checkpoints × launcher tasks without a result instead.")
-@click.option("--resubmit", is_flag=True, help="With --missing: submit those evaluations again as one array (finished tasks replay from the cache).")
+@click.option(
+    "--metric",
+    "metric_patterns",
+    multiple=True,
+    help="Only matching columns: an exact key, a substring or a glob (bfcl/*); repeatable.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Also save a line chart of the scores against training step (PNG).",
+)
+@click.option(
+    "--missing", "list_missing", is_flag=True, help="List the checkpoints × launcher tasks without a result instead."
+)
+@click.option(
+    "--resubmit",
+    is_flag=True,
+    help="With --missing: submit those evaluations again as one array (finished tasks replay from the cache).",
+)
 @translate_errors
 def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
     """Scores per training step of every evaluation under OUTPUT_DIR (default ./results) or a run folder.
@@ -313,12 +463,22 @@ def results(roots, fmt, metric_patterns, plot_path, list_missing, resubmit):
 
 @main.command("export")
 @click.argument("roots", nargs=-1, type=click.Path())
-@click.option("--to", "destinations", multiple=True, required=True, type=click.Choice(["wandb", "mlflow"]),
-              help="Where to log the scores; repeatable.")
-@click.option("--project", help="W&B project / MLflow experiment (default: export.<dest> in the config, else hpc-eval).")
+@click.option(
+    "--to",
+    "destinations",
+    multiple=True,
+    required=True,
+    type=click.Choice(["wandb", "mlflow"]),
+    help="Where to log the scores; repeatable.",
+)
+@click.option(
+    "--project", help="W&B project / MLflow experiment (default: export.<dest> in the config, else hpc-eval)."
+)
 @click.option("--name", help="The tracking run's name (default: the run's label and its config hash).")
 @click.option("--entity", help="W&B entity (team).")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: export.mlflow.tracking_uri, else MLFLOW_TRACKING_URI).")
+@click.option(
+    "--tracking-uri", help="MLflow tracking URI (default: export.mlflow.tracking_uri, else MLFLOW_TRACKING_URI)."
+)
 @format_option
 @translate_errors
 def export_command(roots, destinations, project, name, entity, tracking_uri, fmt):
@@ -335,8 +495,16 @@ def export_command(roots, destinations, project, name, entity, tracking_uri, fmt
 
 @main.command("cancel")
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--all", "every", is_flag=True, help="A TARGET that is an output dir means every running evaluation under it.")
-@click.option("--output-dir", "roots", multiple=True, type=click.Path(), help="Where to look for job ids and RUN:ITERATION (default ./results).")
+@click.option(
+    "--all", "every", is_flag=True, help="A TARGET that is an output dir means every running evaluation under it."
+)
+@click.option(
+    "--output-dir",
+    "roots",
+    multiple=True,
+    type=click.Path(),
+    help="Where to look for job ids and RUN:ITERATION (default ./results).",
+)
 @format_option
 @translate_errors
 def cancel_command(targets, every, roots, fmt):

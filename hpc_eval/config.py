@@ -90,8 +90,16 @@ class EvalConfig:
         def swap(value: Any) -> Any:
             return replace_text(value, old, path)
 
-        return EvalConfig(self.source, swap(self.launcher), Path(swap(str(self.output_dir))), self.dry_run,
-                          swap(self.task_filters), SlurmSettings(**swap(self.slurm.as_dict())), self.unresolved, self.path_is_text)
+        return EvalConfig(
+            self.source,
+            swap(self.launcher),
+            Path(swap(str(self.output_dir))),
+            self.dry_run,
+            swap(self.task_filters),
+            SlurmSettings(**swap(self.slurm.as_dict())),
+            self.unresolved,
+            self.path_is_text,
+        )
 
 
 def replace_text(value: Any, old: str, new: str) -> Any:
@@ -112,11 +120,15 @@ def find_config(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}; give a YAML path or one of the built-in names {builtin_names()}")
+            raise ConfigError(
+                f"config file not found: {path}; give a YAML path or one of the built-in names {builtin_names()}"
+            )
         return path.resolve()
     builtin = BUILTIN_CONFIGS / f"{name_or_path}.yaml"
     if not builtin.is_file():
-        raise ConfigError(f"unknown config '{name_or_path}': not a file and not a built-in config; built-in names are {builtin_names()}")
+        raise ConfigError(
+            f"unknown config '{name_or_path}': not a file and not a built-in config; built-in names are {builtin_names()}"
+        )
     return builtin
 
 
@@ -124,11 +136,15 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The YAML file's top-level mapping, or a ConfigError that names the file and the line."""
     raw = path.read_bytes()
     if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: {len(raw)} bytes, over the {MAX_YAML_BYTES} a config may have; is this the right file?")
+        raise ConfigError(
+            f"{path}: {len(raw)} bytes, over the {MAX_YAML_BYTES} a config may have; is this the right file?"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the file as UTF-8"
+        ) from None
     try:
         check_yaml_shape(text, path)
         data = yaml.safe_load(text)
@@ -139,7 +155,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: YAML error: {error}; fix the file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (execution:, deployment:, evaluation:, ...), not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys (execution:, deployment:, evaluation:, ...), not {type(data).__name__}"
+        )
     return data
 
 
@@ -203,13 +221,17 @@ def apply_override(cfg: DictConfig, item: str, source: Path) -> None:
         del node[int(leaf) if isinstance(node, ListConfig) else leaf]
         return
     if "=" not in item:
-        raise ConfigError(f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5")
+        raise ConfigError(
+            f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5"
+        )
     adding = item.startswith("+")
     key, _, _ = item.lstrip("+").partition("=")
     if key.startswith("slurm."):  # `+` would be silently ignored
         check_slurm_keys([key.split(".")[1]], f"override '{item}'")
     if not adding and not key_exists(cfg, key):
-        raise ConfigError(f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key")
+        raise ConfigError(
+            f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key"
+        )
     try:
         value = OmegaConf.select(OmegaConf.from_dotlist([item.lstrip("+")]), key)
     except OmegaConfBaseException as error:
@@ -280,14 +302,20 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     missing = missing_keys(cfg)
     if missing:
         hint = " or --checkpoint" if "deployment.checkpoint_path" in missing else ""
-        raise ConfigError(f"{source}: no value for {', '.join(missing)} (marked ???); set it with {missing[0]}=VALUE{hint}")
+        raise ConfigError(
+            f"{source}: no value for {', '.join(missing)} (marked ???); set it with {missing[0]}=VALUE{hint}"
+        )
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
         unset = unset_env_vars(cfg)
         if unset:
-            raise ConfigError("\nError: ".join(f"{source}: environment variable {name} is not set ({key} reads it); export {name}=..."
-                                               for name, key in unset)) from None
+            raise ConfigError(
+                "\nError: ".join(
+                    f"{source}: environment variable {name} is not set ({key} reads it); export {name}=..."
+                    for name, key in unset
+                )
+            ) from None
         key = getattr(error, "full_key", "") or "?"
         raise ConfigError(f"{source}: cannot resolve '{key}': {one_line(getattr(error, 'msg', error))}") from None
     tool = {key: resolved.pop(key) for key in TOOL_KEYS if key in resolved}
@@ -300,12 +328,25 @@ def resolve(source: Path, cfg: DictConfig, tasks: tuple[str, ...] | list[str]) -
     refuse_line_breaks(str(output_dir), "output_dir")
     if execution:
         execution["output_dir"] = str(output_dir)  # what `config show` prints is what will be used
-    for value, what in [(str((resolved.get("deployment") or {}).get("checkpoint_path") or ""), "deployment.checkpoint_path"),
-                        *((str(name), "task filter") for name in task_filters or []),
-                        *((str(task.get("name")), "evaluation task name") for task in (resolved.get("evaluation") or {}).get("tasks") or []
-                          if isinstance(task, dict))]:
+    for value, what in [
+        (str((resolved.get("deployment") or {}).get("checkpoint_path") or ""), "deployment.checkpoint_path"),
+        *((str(name), "task filter") for name in task_filters or []),
+        *(
+            (str(task.get("name")), "evaluation task name")
+            for task in (resolved.get("evaluation") or {}).get("tasks") or []
+            if isinstance(task, dict)
+        ),
+    ]:
         refuse_line_breaks(value, what)
-    config = EvalConfig(source, resolved, output_dir, bool(tool.get("dry_run")), task_filters, SlurmSettings.from_dict(tool.get("slurm"), source), cfg)
+    config = EvalConfig(
+        source,
+        resolved,
+        output_dir,
+        bool(tool.get("dry_run")),
+        task_filters,
+        SlurmSettings.from_dict(tool.get("slurm"), source),
+        cfg,
+    )
     launcher_executors.check_layout(config.slurm, config.launcher, source)
     check_launcher_shape(config)
     return config
@@ -321,7 +362,9 @@ def check_launcher_shape(config: EvalConfig) -> None:
             f"hpc-eval submits to Slurm itself, so use execution.type: local (or hpc_eval), or run this config with `nel run`"
         )
     if execution_type not in IN_JOB_EXECUTORS:
-        raise ConfigError(f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}")
+        raise ConfigError(
+            f"{source}: execution.type: {execution_type!r} is not supported; use one of {list(IN_JOB_EXECUTORS)}"
+        )
     if execution_type == "hpc_eval":
         runtime = launcher["execution"].get("runtime", "auto")
         if runtime not in RUNTIME_CHOICES:
@@ -346,7 +389,9 @@ def check_launcher_shape(config: EvalConfig) -> None:
     else:
         empty = [k for k in ("url", "model_id") if not endpoint.get(k)]
         if empty:
-            raise ConfigError(f"{source}: target.api_endpoint.{empty[0]} is empty and deployment.type is none; set target.api_endpoint.{empty[0]}=... (tiny_chat reads NEMO_EVALUATOR_MODEL_URL / NEMO_EVALUATOR_MODEL_ID)")
+            raise ConfigError(
+                f"{source}: target.api_endpoint.{empty[0]} is empty and deployment.type is none; set target.api_endpoint.{empty[0]}=... (tiny_chat reads NEMO_EVALUATOR_MODEL_URL / NEMO_EVALUATOR_MODEL_ID)"
+            )
 
 
 def preflight(config: EvalConfig) -> None:
@@ -370,7 +415,9 @@ def check_tasks(config: EvalConfig) -> None:
     evaluation = config.launcher.get("evaluation") or {}
     # A cron pass checks the same config every few minutes: once this launcher accepted these
     # tasks, skip the launcher's import (0.4 s) and the checks.
-    passed = cache_file("preflight", json.dumps([launcher_key(), evaluation, config.task_filters], sort_keys=True, default=str))
+    passed = cache_file(
+        "preflight", json.dumps([launcher_key(), evaluation, config.task_filters], sort_keys=True, default=str)
+    )
     if passed.exists():
         return
     import_launcher()
@@ -384,7 +431,9 @@ def check_tasks(config: EvalConfig) -> None:
     except ValidationError as error:
         first = error.errors()[0]
         where = "evaluation." + ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{config.source}: {where}: {first['msg']}; allowed evaluation keys are {sorted(EvaluationModel.model_fields)}") from None
+        raise ConfigError(
+            f"{config.source}: {where}: {first['msg']}; allowed evaluation keys are {sorted(EvaluationModel.model_fields)}"
+        ) from None
     tasks = evaluation.get("tasks") or []
     if not tasks:
         raise ConfigError(f"{config.source}: evaluation.tasks is empty; list at least one task (see `nel ls tasks`)")
@@ -408,7 +457,9 @@ def check_tasks(config: EvalConfig) -> None:
 def unknown_task_hint(name: str, mapping: dict) -> str:
     names = sorted({task for _, task in mapping} | {f"{harness}.{task}" for harness, task in mapping})
     close = difflib.get_close_matches(name, names, n=3)
-    return (f" (did you mean {', '.join(close)}?)" if close else "") + "; use a task name from `nel ls tasks` (or harness.task)"
+    return (
+        f" (did you mean {', '.join(close)}?)" if close else ""
+    ) + "; use a task name from `nel ls tasks` (or harness.task)"
 
 
 def one_line(error: Exception) -> str:

@@ -24,7 +24,9 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def refuse_line_breaks(value: str, what: str) -> None:
     """A newline or NUL in a path or name would split the shell lines and records it reaches."""
     if "\n" in value or "\r" in value or "\0" in value:
-        raise ConfigError(f"{what} {value!r} contains a line break or NUL; paths, run names and task names must be one line: rename it")
+        raise ConfigError(
+            f"{what} {value!r} contains a line break or NUL; paths, run names and task names must be one line: rename it"
+        )
 
 
 def check_yaml_shape(text: str, path: Path) -> None:
@@ -37,7 +39,9 @@ def check_yaml_shape(text: str, path: Path) -> None:
             stack.append((event.anchor, expanded))
             expanded += 1
             if len(stack) > MAX_YAML_DEPTH:
-                raise ConfigError(f"{path}:{event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; flatten the config")
+                raise ConfigError(
+                    f"{path}:{event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels; flatten the config"
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             anchor, start = stack.pop()
             if anchor:
@@ -49,8 +53,10 @@ def check_yaml_shape(text: str, path: Path) -> None:
         elif isinstance(event, yaml.AliasEvent):
             expanded += anchors.get(event.anchor, 1)
         if expanded > MAX_YAML_VALUES:
-            raise ConfigError(f"{path}:{event.start_mark.line + 1}: the YAML (its aliases expanded) holds over {MAX_YAML_VALUES} values; "
-                              f"write the values out or use fewer aliases")
+            raise ConfigError(
+                f"{path}:{event.start_mark.line + 1}: the YAML (its aliases expanded) holds over {MAX_YAML_VALUES} values; "
+                f"write the values out or use fewer aliases"
+            )
 
 
 ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z_]\w*)\}")  # with no default after a comma

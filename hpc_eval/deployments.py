@@ -29,12 +29,18 @@ from omegaconf import DictConfig, OmegaConf
 from hpc_eval.errors import ConfigError
 
 HF_SERVERS = {"vllm": "vLLM", "vllm_ray": "vLLM", "sglang": "SGLang", "trtllm": "TensorRT-LLM"}
-HANDLE_SERVERS = ("vllm", "vllm_ray", "sglang")  # their commands serve hf_model_handle when set; trtllm always /checkpoint
+HANDLE_SERVERS = (
+    "vllm",
+    "vllm_ray",
+    "sglang",
+)  # their commands serve hf_model_handle when set; trtllm always /checkpoint
 DEPLOYMENTS: dict[str, str] = {
     "none": "an endpoint (target.api_endpoint.url); --checkpoint only labels the run",
     "generic": "Export-Deploy in-framework (Megatron native); --checkpoint sets deployment.checkpoint_path",
-    **{kind: f"{name} on a Hugging Face model (hf_model_handle or checkpoint_path); --checkpoint iter_N serves iter_N/hf"
-       for kind, name in HF_SERVERS.items()},
+    **{
+        kind: f"{name} on a Hugging Face model (hf_model_handle or checkpoint_path); --checkpoint iter_N serves iter_N/hf"
+        for kind, name in HF_SERVERS.items()
+    },
     "nim": "a NIM: the model in its image; never a checkpoint",
 }
 SINGLE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -64,7 +70,10 @@ def hf_export_problem(hf_dir: Path) -> str:
             return f"{hf_dir} lacks {len(absent)} weight shard(s) listed in {index.name}, e.g. {absent[0]}"
     elif not any((hf_dir / name).is_file() for name in SINGLE_WEIGHTS):
         return f"{hf_dir} has no weights ({' or '.join(SINGLE_WEIGHTS + WEIGHT_INDEXES)})"
-    if not any((hf_dir / name).is_file() for name in TOKENIZER_FILES) or not (hf_dir / "tokenizer_config.json").is_file():
+    if (
+        not any((hf_dir / name).is_file() for name in TOKENIZER_FILES)
+        or not (hf_dir / "tokenizer_config.json").is_file()
+    ):
         return f"{hf_dir} has no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model)"
     return ""
 
@@ -77,8 +86,10 @@ def served_path(kind: str, checkpoint: Path, source: Path) -> str:
     """
     checkpoint = checkpoint.absolute()
     if kind == "nim":
-        raise ConfigError(f"{source}: deployment.type nim serves the model in its image and never loads a checkpoint; "
-                          f"drop --checkpoint, or use deployment.type generic to evaluate {checkpoint.name}")
+        raise ConfigError(
+            f"{source}: deployment.type nim serves the model in its image and never loads a checkpoint; "
+            f"drop --checkpoint, or use deployment.type generic to evaluate {checkpoint.name}"
+        )
     if kind not in HF_SERVERS:
         return str(checkpoint)
     hf_dir = checkpoint if checkpoint.name == "hf" else checkpoint / "hf"
@@ -87,7 +98,8 @@ def served_path(kind: str, checkpoint: Path, source: Path) -> str:
         raise ConfigError(
             f"{source}: deployment.type {kind}: {HF_SERVERS[kind]} cannot load a Megatron checkpoint and {problem}; "
             f"use deployment.type generic (Export-Deploy serves Megatron checkpoints), or export it to Hugging Face "
-            f"format with Megatron Bridge into {hf_dir}")
+            f"format with Megatron Bridge into {hf_dir}"
+        )
     return str(hf_dir)
 
 
@@ -102,7 +114,11 @@ def apply_checkpoint(cfg: DictConfig, checkpoint: Path, source: Path) -> None:
 def serve_configured_model(cfg: DictConfig) -> None:
     """Without --checkpoint an HF server with hf_model_handle serves that: its `???` checkpoint_path is not asked for."""
     deployment = cfg.get("deployment")
-    if deployment_type(cfg) in HANDLE_SERVERS and deployment.get("hf_model_handle", None) and OmegaConf.is_missing(deployment, "checkpoint_path"):
+    if (
+        deployment_type(cfg) in HANDLE_SERVERS
+        and deployment.get("hf_model_handle", None)
+        and OmegaConf.is_missing(deployment, "checkpoint_path")
+    ):
         deployment.checkpoint_path = None
 
 
@@ -115,11 +131,17 @@ def check_checkpoints(launcher: dict[str, Any], checkpoints: list[Path], source:
     kind = deployment_type(launcher)
     deployment = launcher.get("deployment") or {}
     if kind == "generic" and not checkpoints and not deployment.get("checkpoint_path"):
-        raise ConfigError(f"{source}: deployment.type generic serves /checkpoint: give --checkpoint PATH "
-                          f"(an iter_* directory, or a run directory with --all/--latest)")
-    served = deployment.get("checkpoint_path") or (deployment.get("hf_model_handle") if kind in HANDLE_SERVERS else None)
+        raise ConfigError(
+            f"{source}: deployment.type generic serves /checkpoint: give --checkpoint PATH "
+            f"(an iter_* directory, or a run directory with --all/--latest)"
+        )
+    served = deployment.get("checkpoint_path") or (
+        deployment.get("hf_model_handle") if kind in HANDLE_SERVERS else None
+    )
     if kind in HF_SERVERS and not checkpoints and not served:
-        raise ConfigError(f"{source}: deployment.type {kind} has neither deployment.hf_model_handle nor deployment.checkpoint_path; "
-                          f"set one, or give --checkpoint PATH (an iter_* directory holding an HF export in hf/)")
+        raise ConfigError(
+            f"{source}: deployment.type {kind} has neither deployment.hf_model_handle nor deployment.checkpoint_path; "
+            f"set one, or give --checkpoint PATH (an iter_* directory holding an HF export in hf/)"
+        )
     for checkpoint in checkpoints:
         served_path(kind, checkpoint, source)

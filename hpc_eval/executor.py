@@ -93,9 +93,11 @@ def choose_runtime(requested: str, needs_image: bool = False) -> tuple[str, str]
     if shutil.which("apptainer"):
         return "apptainer", "auto: no docker daemon, no pyxis; apptainer is on PATH"
     if needs_image:
-        raise RuntimeError(f"no container runtime on node {os.uname().nodename} for the deployment's image: tried docker (no daemon answers "
-                           f"`docker info`), pyxis (`srun --help` lists no --container-image), apptainer (not on PATH); "
-                           f"run on a node that has one, or set execution.runtime")
+        raise RuntimeError(
+            f"no container runtime on node {os.uname().nodename} for the deployment's image: tried docker (no daemon answers "
+            f"`docker info`), pyxis (`srun --help` lists no --container-image), apptainer (not on PATH); "
+            f"run on a node that has one, or set execution.runtime"
+        )
     return "host", "auto: no docker daemon, no pyxis, no apptainer"
 
 
@@ -124,7 +126,9 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
     runtime, reason = choose_runtime(options.runtime, cfg.deployment.type != "none")
     print(f"hpc_eval executor: runtime {runtime} ({reason})", flush=True)
     invocation_id = generate_invocation_id()
-    invocation_dir = new_invocation_dir(cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id)
+    invocation_dir = new_invocation_dir(
+        cfg.execution.output_dir, get_timestamp_string(include_microseconds=False), invocation_id
+    )
     invocation_dir.mkdir(parents=True, exist_ok=True)
     proxy_on_server_port(cfg, options)
     nodes = job_nodes()
@@ -139,13 +143,17 @@ def execute_eval(cfg, dry_run: bool = False) -> str:
         add_secrets(cfg, task, tasks[-1])
         (task_dir / "run.sh").write_text(render_script(tasks[-1:], runtime, reason, invocation_id, options))
     if options.sequential:
-        (invocation_dir / "run_all.sequential.sh").write_text(render_script(tasks, runtime, reason, invocation_id, options))
+        (invocation_dir / "run_all.sequential.sh").write_text(
+            render_script(tasks, runtime, reason, invocation_id, options)
+        )
     check_unlisted_tasks_safeguard([task["name"] for task in tasks if task["unlisted"]], dry_run=dry_run)
     if dry_run:
         print(f"DRY RUN: scripts written to {invocation_dir}; nothing started", flush=True)
         return invocation_id
     if any(task["unsafe"] for task in tasks) and os.environ.get("NEMO_EVALUATOR_TRUST_PRE_CMD") != "1":
-        raise AttributeError("Untrusted command found in config, make sure you trust and set NEMO_EVALUATOR_TRUST_PRE_CMD=1.")
+        raise AttributeError(
+            "Untrusted command found in config, make sure you trust and set NEMO_EVALUATOR_TRUST_PRE_CMD=1."
+        )
     record_jobs(cfg, invocation_id, tasks, runtime, reason)
     start_scripts(invocation_dir, [Path(task["dir"]) for task in tasks], options.sequential)
     return invocation_id
@@ -167,7 +175,9 @@ def start_scripts(invocation_dir: Path, task_dirs: list[Path], sequential: bool)
     """Start the driver script(s), each leading its own session, as children of this process.
 
     The payload finds them as its child sessions, waits for them, and kills them on cancel."""
-    targets = [(invocation_dir, "run_all.sequential.sh")] if sequential else [(task_dir, "run.sh") for task_dir in task_dirs]
+    targets = (
+        [(invocation_dir, "run_all.sequential.sh")] if sequential else [(task_dir, "run.sh") for task_dir in task_dirs]
+    )
     started = [subprocess.Popen(["bash", script], cwd=cwd, start_new_session=True) for cwd, script in targets]
     time.sleep(STARTUP_CHECK_S)
     for (cwd, script), process in zip(targets, started):
@@ -234,12 +244,21 @@ def preview(launcher: dict[str, Any]) -> str:
     """`task_commands` of every runtime the job may use, as text for `hpc-eval submit --dry-run`."""
     options = Options.from_config(OmegaConf.create(launcher))
     requested, layout = options.runtime, options.layout(options.num_nodes or options.num_instances)
-    lines = [f"execution.runtime: {requested}" + (" (the job takes the first that works, in this order)" if requested == "auto" else ""),
-             "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
+    lines = [
+        f"execution.runtime: {requested}"
+        + (" (the job takes the first that works, in this order)" if requested == "auto" else ""),
+        "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work",
+    ]
     if layout.multi and serves(launcher):
-        lines.append(f"model server: {layout.instances} instance(s) of {layout.nodes_per_instance} node(s), {layout.tasks_per_node} task(s) per node, "
-                     f"started with srun on the job's nodes" + (f"; haproxy in front ({layout.proxy_image} in a container runtime), "
-                                                               f"on the port the job chooses" if layout.instances > 1 else ""))
+        lines.append(
+            f"model server: {layout.instances} instance(s) of {layout.nodes_per_instance} node(s), {layout.tasks_per_node} task(s) per node, "
+            f"started with srun on the job's nodes"
+            + (
+                f"; haproxy in front ({layout.proxy_image} in a container runtime), on the port the job chooses"
+                if layout.instances > 1
+                else ""
+            )
+        )
     for runtime in RUNTIMES if requested == "auto" else (requested,):
         lines.append(f"runtime {runtime}:")
         if layout.multi and runtime == "docker":
@@ -248,12 +267,17 @@ def preview(launcher: dict[str, Any]) -> str:
         for task in task_commands(launcher, runtime, layout):
             lines.append(f"  task_dir={task['task_dir']}")
             if task["server"]:
-                lines += [f"    server: {task['server']}", f"      SERVER_COMMAND={shlex.quote(task['server_command'])}",
-                          f"      ready when {task['health_url']} answers 200 from this server's own process",
-                          "      (the job moves the server to a port free on its node, in the command and the URL)"]
+                lines += [
+                    f"    server: {task['server']}",
+                    f"      SERVER_COMMAND={shlex.quote(task['server_command'])}",
+                    f"      ready when {task['health_url']} answers 200 from this server's own process",
+                    "      (the job moves the server to a port free on its node, in the command and the URL)",
+                ]
             results = f"{task['task_dir']}/artifacts" if runtime == "host" else "/results"
-            lines += [f"    client: {task['client']}",
-                      f"      EVAL_COMMAND=the launcher's: write config_ef.yaml (output_dir {results}), nemo-evaluator run_eval on it"]
+            lines += [
+                f"    client: {task['client']}",
+                f"      EVAL_COMMAND=the launcher's: write config_ef.yaml (output_dir {results}), nemo-evaluator run_eval on it",
+            ]
     return "\n".join(lines)
 
 

@@ -55,7 +55,9 @@ class Options:
         if mode not in ("sequential", "parallel"):
             raise ValueError(f"unknown execution mode: {mode!r}. Choose one of ['parallel', 'sequential']")
         if mode == "parallel" and cfg.deployment.type != "none":
-            raise ValueError(f"Execution mode 'parallel' is not supported with deployment type: {cfg.deployment.type}. Use 'sequential' instead.")
+            raise ValueError(
+                f"Execution mode 'parallel' is not supported with deployment type: {cfg.deployment.type}. Use 'sequential' instead."
+            )
         runtime = execution.get("runtime", "auto")
         if runtime not in RUNTIME_CHOICES:
             raise ValueError(f"execution.runtime: {runtime!r} is not one of {list(RUNTIME_CHOICES)}")
@@ -63,11 +65,19 @@ class Options:
         if proxy.get("type", "haproxy") != "haproxy":
             raise ValueError(f"Unsupported proxy type: {proxy['type']}. Currently only 'haproxy' is supported.")
         num_nodes, n_tasks = execution.get("num_nodes"), (execution.get("deployment") or {}).get("n_tasks")
-        return cls(runtime, mode == "sequential", int(execution.get("endpoint_readiness_timeout") or 600),
-                   str(execution.get("extra_docker_args") or ""), bool(mounts.get("mount_home", False)),
-                   dict(mounts.get("deployment") or {}), dict(mounts.get("evaluation") or {}),
-                   int(num_nodes) if num_nodes else None, int(execution.get("num_instances") or 1),
-                   int(n_tasks) if n_tasks else None, proxy)
+        return cls(
+            runtime,
+            mode == "sequential",
+            int(execution.get("endpoint_readiness_timeout") or 600),
+            str(execution.get("extra_docker_args") or ""),
+            bool(mounts.get("mount_home", False)),
+            dict(mounts.get("deployment") or {}),
+            dict(mounts.get("evaluation") or {}),
+            int(num_nodes) if num_nodes else None,
+            int(execution.get("num_instances") or 1),
+            int(n_tasks) if n_tasks else None,
+            proxy,
+        )
 
     @property
     def docker_network_given(self) -> bool:
@@ -77,14 +87,24 @@ class Options:
         """How the server spreads over the nodes, as the launcher's slurm executor spreads it."""
         nodes = self.num_nodes or allocation_nodes
         if nodes % self.num_instances:
-            raise ValueError(f"execution.num_nodes ({nodes}) must be divisible by execution.num_instances ({self.num_instances})")
+            raise ValueError(
+                f"execution.num_nodes ({nodes}) must be divisible by execution.num_instances ({self.num_instances})"
+            )
         if nodes > allocation_nodes:
-            raise ValueError(f"execution.num_nodes is {nodes} but the job has {allocation_nodes} node(s): set slurm.nodes={nodes}")
+            raise ValueError(
+                f"execution.num_nodes is {nodes} but the job has {allocation_nodes} node(s): set slurm.nodes={nodes}"
+            )
         per_instance = nodes // self.num_instances
         tasks_per_node = max(1, (self.n_tasks or nodes) // self.num_instances // per_instance)
         config = self.proxy.get("config") or {}
-        return Layout(self.num_instances, per_instance, tasks_per_node, str(self.proxy.get("image") or "haproxy:latest"),
-                      str(config.get("health_check_path") or ""), int(config.get("health_check_status") or 200))
+        return Layout(
+            self.num_instances,
+            per_instance,
+            tasks_per_node,
+            str(self.proxy.get("image") or "haproxy:latest"),
+            str(config.get("health_check_path") or ""),
+            int(config.get("health_check_status") or 200),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,13 +176,31 @@ def map_container_paths(value: Any, paths: dict[str, str]) -> Any:
     return value
 
 
-def launch_command(runtime: str, role: str, image: str, mounts: list[Mount], env_names: list[str],
-                   options: Options, port: Any = None, layout: Layout | None = None) -> str:
+def launch_command(
+    runtime: str,
+    role: str,
+    image: str,
+    mounts: list[Mount],
+    env_names: list[str],
+    options: Options,
+    port: Any = None,
+    layout: Layout | None = None,
+) -> str:
     """The one shell command that starts the model server (role "server") or the client in `runtime`;
     a multi-node server's on the nodes in $nodelist."""
     macros = templates().get_template("runtime-commands.sh.j2").module
-    return str(macros.launch(runtime, role, image, [mount.spec() for mount in mounts], env_names, options, port,
-                             layout if layout and layout.multi else None))
+    return str(
+        macros.launch(
+            runtime,
+            role,
+            image,
+            [mount.spec() for mount in mounts],
+            env_names,
+            options,
+            port,
+            layout if layout and layout.multi else None,
+        )
+    )
 
 
 @functools.cache
@@ -170,8 +208,13 @@ def templates():
     """The Jinja environment of templates/: strict (a missing value fails), `q` shell-quotes."""
     import jinja2
 
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                                     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     environment.filters["q"] = lambda value: shlex.quote(str(value))
     environment.filters["apptainer_image"] = apptainer_image
     return environment
@@ -183,8 +226,19 @@ def apptainer_image(image: str) -> str:
     return shlex.quote(image if local else f"docker://{image}")
 
 
-def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path, invocation_id: str,
-              options: Options, *, with_command: bool = True, layout: Layout = Layout()) -> dict[str, Any]:
+def plan_task(
+    cfg,
+    task,
+    index: int,
+    runtime: str,
+    mapping: dict,
+    task_dir: Path,
+    invocation_id: str,
+    options: Options,
+    *,
+    with_command: bool = True,
+    layout: Layout = Layout(),
+) -> dict[str, Any]:
     """What the driver script needs for one task, computed as the local executor does."""
     from nemo_evaluator_launcher.common.env_vars import collect_eval_env_vars
     from nemo_evaluator_launcher.common.helpers import (
@@ -195,10 +249,16 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
     )
     from nemo_evaluator_launcher.common.mapping import get_task_definition_for_job
 
-    definition = get_task_definition_for_job(task_query=task.name, base_mapping=mapping,
-                                             container=task.get("container"), endpoint_type=task.get("endpoint_type"))
+    definition = get_task_definition_for_job(
+        task_query=task.name,
+        base_mapping=mapping,
+        container=task.get("container"),
+        endpoint_type=task.get("endpoint_type"),
+    )
     image = task.get("container") or definition["container"]
-    mounts = [Mount(ARTIFACTS, "/results")] + [Mount(str(src), str(dst)) for src, dst in options.evaluation_mounts.items()]
+    mounts = [Mount(ARTIFACTS, "/results")] + [
+        Mount(str(src), str(dst)) for src, dst in options.evaluation_mounts.items()
+    ]
     env_names = sorted({*collect_eval_env_vars(cfg, task, get_api_key_name(cfg)), "ADAPTER_PORT"})  # set by the script
     dataset_env = None
     if task.get("dataset_dir"):
@@ -207,24 +267,47 @@ def plan_task(cfg, task, index: int, runtime: str, mapping: dict, task_dir: Path
         env_names = sorted({*env_names, "NEMO_EVALUATOR_DATASET_DIR"})
     stamp = get_timestamp_string()
     plan = {
-        "name": task.name, "uname": get_unique_task_name(task.name, index), "job_id": f"{invocation_id}.{index}",
-        "dir": str(task_dir), "image": image, "container": f"client-{task.name}-{stamp}", "env_names": env_names,
-        "unlisted": bool(definition.get("is_unlisted")) and not is_local_image_path(image), "dataset_env": dataset_env,
+        "name": task.name,
+        "uname": get_unique_task_name(task.name, index),
+        "job_id": f"{invocation_id}.{index}",
+        "dir": str(task_dir),
+        "image": image,
+        "container": f"client-{task.name}-{stamp}",
+        "env_names": env_names,
+        "unlisted": bool(definition.get("is_unlisted")) and not is_local_image_path(image),
+        "dataset_env": dataset_env,
         "launch": launch_command(runtime, "client", image, [] if runtime == "host" else mounts, env_names, options),
-        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options, invocation_id, layout) if cfg.deployment.type != "none" else None,
-        "secrets": False, "reexport": "", "eval_command": "", "debug": "", "unsafe": False,
+        "server": plan_server(cfg, task, definition, runtime, task_dir, stamp, options, invocation_id, layout)
+        if cfg.deployment.type != "none"
+        else None,
+        "secrets": False,
+        "reexport": "",
+        "eval_command": "",
+        "debug": "",
+        "unsafe": False,
         "links": links(mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
     }
     if plan["server"] and runtime == "host":
         plan["links"] = sorted(set(plan["links"]) | set(plan["server"].pop("links")))
     if with_command:
-        built, plan["eval_command"] = eval_factory_command(cfg, task, definition, runtime, host_paths(mounts, task_dir / "artifacts", invocation_id))
+        built, plan["eval_command"] = eval_factory_command(
+            cfg, task, definition, runtime, host_paths(mounts, task_dir / "artifacts", invocation_id)
+        )
         plan.update(debug=built.debug, unsafe=built.is_potentially_unsafe)
     return plan
 
 
-def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp: str, options: Options,
-                invocation_id: str, layout: Layout = Layout()) -> dict[str, Any]:
+def plan_server(
+    cfg,
+    task,
+    definition: dict,
+    runtime: str,
+    task_dir: Path,
+    stamp: str,
+    options: Options,
+    invocation_id: str,
+    layout: Layout = Layout(),
+) -> dict[str, Any]:
     """The model server: the local executor's mounts and env, its health URL; the Slurm layout's /results."""
     from nemo_evaluator_launcher.common.env_vars import collect_deployment_env_vars
     from nemo_evaluator_launcher.common.helpers import get_endpoint_url, get_health_url
@@ -242,13 +325,29 @@ def plan_server(cfg, task, definition: dict, runtime: str, task_dir: Path, stamp
         command = map_container_paths(command, host_paths(host_mounts, task_dir / "artifacts", invocation_id))
     health_url = get_health_url(cfg, get_endpoint_url(cfg, {}, definition["endpoint_type"]))
     if layout.multi:
-        command, env_names = multi_node_command(command, deployment.port, runtime, layout), sorted({*env_names, *MULTI_NODE_ENV})
+        command, env_names = (
+            multi_node_command(command, deployment.port, runtime, layout),
+            sorted({*env_names, *MULTI_NODE_ENV}),
+        )
     return {
-        "image": str(deployment.get("image")), "port": deployment.port, "env_names": env_names, "command": command,
+        "image": str(deployment.get("image")),
+        "port": deployment.port,
+        "env_names": env_names,
+        "command": command,
         "links": links(host_mounts, task_dir / "artifacts", invocation_id) if runtime == "host" else [],
-        "container": f"server-{task.name}-{stamp}", "reexport": "", "health_url": health_url,
-        "launch": launch_command(runtime, "server", str(deployment.get("image")), [] if runtime == "host" else mounts,
-                                 env_names, options, deployment.port, layout),
+        "container": f"server-{task.name}-{stamp}",
+        "reexport": "",
+        "health_url": health_url,
+        "launch": launch_command(
+            runtime,
+            "server",
+            str(deployment.get("image")),
+            [] if runtime == "host" else mounts,
+            env_names,
+            options,
+            deployment.port,
+            layout,
+        ),
         "layout": layout if layout.multi else None,
         "health_path": layout.health_check_path or urlsplit(health_url).path,
         "proxy_launch": launch_proxy(runtime, layout) if layout.instances > 1 else "",
@@ -262,11 +361,13 @@ def multi_node_command(command: str, port: int, runtime: str, layout: Layout) ->
     """The deployment command as each task of a multi-node server runs it: with the launcher's
     PROC_ID (rank in its instance) and NODES_PER_INSTANCE, and its port the instance's own."""
     if runtime == "docker":
-        raise ValueError("execution.runtime docker cannot start one server across nodes or servers on other nodes "
-                         "(docker run starts a container on this node only); use execution.runtime pyxis, apptainer or host")
+        raise ValueError(
+            "execution.runtime docker cannot start one server across nodes or servers on other nodes "
+            "(docker run starts a container on this node only); use execution.runtime pyxis, apptainer or host"
+        )
     matches = port_arguments(command, port)  # one, or none where the port goes in by env (a NIM's)
     if len(matches) == 1:
-        command = f"{command[:matches[0].start()]}{matches[0]['flag']}${{INSTANCE_PORT}}{command[matches[0].end():]}"
+        command = f"{command[: matches[0].start()]}{matches[0]['flag']}${{INSTANCE_PORT}}{command[matches[0].end() :]}"
     return f"export PROC_ID=${{SLURM_PROCID:-0}} NODES_PER_INSTANCE={layout.nodes_per_instance}; {command}"
 
 
@@ -300,7 +401,9 @@ def eval_factory_command(cfg, task, definition: dict, runtime: str, paths: dict[
     evaluation["nemo_evaluator_config"] = map_container_paths(evaluation.get("nemo_evaluator_config") or {}, paths)
     host_task = map_container_paths(OmegaConf.to_container(task, resolve=True), paths)
     config = host_task.setdefault("nemo_evaluator_config", {}).setdefault("config", {})
-    config.setdefault("output_dir", evaluation["nemo_evaluator_config"].get("config", {}).get("output_dir", paths["/results"]))
+    config.setdefault(
+        "output_dir", evaluation["nemo_evaluator_config"].get("config", {}).get("output_dir", paths["/results"])
+    )
     built = get_eval_factory_command(OmegaConf.create(plain), OmegaConf.create(host_task), definition)
     return built, built.cmd
 
@@ -316,7 +419,10 @@ def add_secrets(cfg, task, plan: dict[str, Any]) -> None:
     )
     from nemo_evaluator_launcher.common.helpers import get_api_key_name
 
-    groups = {plan["uname"]: collect_eval_env_vars(cfg, task, get_api_key_name(cfg)), "export": collect_exporters_env_vars(cfg)}
+    groups = {
+        plan["uname"]: collect_eval_env_vars(cfg, task, get_api_key_name(cfg)),
+        "export": collect_exporters_env_vars(cfg),
+    }
     if plan["server"]:
         groups["deployment"] = collect_deployment_env_vars(cfg)
     groups = {name: env for name, env in groups.items() if env}
@@ -333,9 +439,19 @@ def add_secrets(cfg, task, plan: dict[str, Any]) -> None:
 
 def render_script(tasks: list[dict], runtime: str, reason: str, invocation_id: str, options: Options) -> str:
     """The driver script that runs `tasks` one after another (one task: its run.sh)."""
-    return templates().get_template("runtime-run.sh.j2").render(
-        tasks=tasks, runtime=runtime, reason=reason, invocation_id=invocation_id,
-        readiness_timeout=options.readiness_timeout, python=sys.executable, python_bin=Path(sys.executable).parent)
+    return (
+        templates()
+        .get_template("runtime-run.sh.j2")
+        .render(
+            tasks=tasks,
+            runtime=runtime,
+            reason=reason,
+            invocation_id=invocation_id,
+            readiness_timeout=options.readiness_timeout,
+            python=sys.executable,
+            python_bin=Path(sys.executable).parent,
+        )
+    )
 
 
 def task_commands(launcher: dict[str, Any], runtime: str, layout: Layout = Layout()) -> list[dict[str, Any]]:
@@ -352,8 +468,18 @@ def task_commands(launcher: dict[str, Any], runtime: str, layout: Layout = Layou
     invocation_dir = Path(cfg.execution.output_dir).absolute() / "<YYYYmmdd_HHMMSS>-<invocation_id>"
     for index, task in enumerate(cfg.evaluation.tasks):
         task_dir = invocation_dir / get_unique_task_name(task.name, index)
-        plan = plan_task(cfg, task, index, runtime, mapping, task_dir, "<invocation_id>", options, with_command=False, layout=layout)
+        plan = plan_task(
+            cfg, task, index, runtime, mapping, task_dir, "<invocation_id>", options, with_command=False, layout=layout
+        )
         server = plan["server"] or {}
-        found.append({"task": task_dir.name, "task_dir": str(task_dir), "client": plan["launch"], "server": server.get("launch"),
-                      "server_command": server.get("command"), "health_url": server.get("health_url")})
+        found.append(
+            {
+                "task": task_dir.name,
+                "task_dir": str(task_dir),
+                "client": plan["launch"],
+                "server": server.get("launch"),
+                "server_command": server.get("command"),
+                "health_url": server.get("health_url"),
+            }
+        )
     return found

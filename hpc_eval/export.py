@@ -67,15 +67,24 @@ class Group:
 class ExportReport:
     """What one export call did, per destination."""
 
-    logged: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # dest -> [{run, iteration, metrics, tracking_run}]
+    logged: dict[str, list[dict[str, Any]]] = field(
+        default_factory=dict
+    )  # dest -> [{run, iteration, metrics, tracking_run}]
     skipped: list[dict[str, str]] = field(default_factory=list)  # evaluations not exported, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {"logged": self.logged, "skipped": self.skipped}
 
 
-def export(roots: Iterable[Path | str], to: Iterable[str] = DESTINATIONS, *, project: str | None = None,
-           name: str | None = None, entity: str | None = None, tracking_uri: str | None = None) -> ExportReport:
+def export(
+    roots: Iterable[Path | str],
+    to: Iterable[str] = DESTINATIONS,
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    entity: str | None = None,
+    tracking_uri: str | None = None,
+) -> ExportReport:
     """Log the scores of every finished evaluation under `roots` that a destination has not got yet.
 
     Raises:
@@ -84,7 +93,9 @@ def export(roots: Iterable[Path | str], to: Iterable[str] = DESTINATIONS, *, pro
     destinations = list(dict.fromkeys(to))
     unknown = [dest for dest in destinations if dest not in DESTINATIONS]
     if unknown or not destinations:
-        raise UsageError(f"export destination {', '.join(unknown) or '(none)'}: choose from {', '.join(DESTINATIONS)} (--to, repeatable)")
+        raise UsageError(
+            f"export destination {', '.join(unknown) or '(none)'}: choose from {', '.join(DESTINATIONS)} (--to, repeatable)"
+        )
     libraries = {dest: import_library(dest) for dest in destinations}
     report = ExportReport()
     groups = finished_groups([paths for root in roots for paths in iter_evaluations(Path(root))], report)
@@ -100,8 +111,14 @@ def export(roots: Iterable[Path | str], to: Iterable[str] = DESTINATIONS, *, pro
             tracking_run = logger(libraries[dest], group, todo, target)
             for evaluation in todo:
                 record_export(evaluation.paths, dest, target, tracking_run)
-                report.logged[dest].append({"run": group.run, "iteration": evaluation.iteration,
-                                            "metrics": len(metrics_of(evaluation)), "tracking_run": tracking_run})
+                report.logged[dest].append(
+                    {
+                        "run": group.run,
+                        "iteration": evaluation.iteration,
+                        "metrics": len(metrics_of(evaluation)),
+                        "tracking_run": tracking_run,
+                    }
+                )
     return report
 
 
@@ -139,7 +156,9 @@ def finished_groups(evaluations: list[EvalPaths], report: ExportReport) -> list[
     for paths in evaluations:
         summary = paths.read_summary() or {}
         if summary.get("state") != "COMPLETED" or summary.get("dry_run") or "tasks" not in summary:
-            report.skipped.append({"eval_dir": str(paths.root), "why": f"not finished ({summary.get('state') or 'no summary.json'})"})
+            report.skipped.append(
+                {"eval_dir": str(paths.root), "why": f"not finished ({summary.get('state') or 'no summary.json'})"}
+            )
             continue
         evaluation = read_evaluation(paths)
         request = paths.read_request()
@@ -147,8 +166,9 @@ def finished_groups(evaluations: list[EvalPaths], report: ExportReport) -> list[
             report.skipped.append({"eval_dir": str(paths.root), "why": "no training step (a hosted endpoint)"})
             continue
         config_hash = request.get("config_hash") or paths.root.name.split("-")[0]
-        group = groups.setdefault((evaluation.run_dir or evaluation.run, config_hash),
-                                  Group(evaluation.run, evaluation.run_dir, config_hash))
+        group = groups.setdefault(
+            (evaluation.run_dir or evaluation.run, config_hash), Group(evaluation.run, evaluation.run_dir, config_hash)
+        )
         group.evaluations.append(evaluation)
     for group in groups.values():
         group.evaluations.sort(key=lambda ev: (ev.iteration, ev.created_at))
@@ -186,7 +206,7 @@ def launcher_config(paths: EvalPaths) -> dict[str, Any]:
 
 def resolve_target(dest: str, option: Target, group: Group) -> Target:
     """Options first, then the launcher's `export.<dest>` keys of the group's newest evaluation, then defaults."""
-    section = ((launcher_config(group.evaluations[-1].paths).get("export") or {}).get(dest) or {})
+    section = (launcher_config(group.evaluations[-1].paths).get("export") or {}).get(dest) or {}
     configured_project = section.get("project") if dest == "wandb" else section.get("experiment_name")
     return Target(
         project=option.project or configured_project or DEFAULT_PROJECT,
@@ -213,15 +233,27 @@ def record_export(paths: EvalPaths, dest: str, target: Target, tracking_run: str
 
 
 def run_metadata(group: Group, todo: list[EvaluationResults]) -> dict[str, Any]:
-    return {"hpc_eval.run": group.run, "hpc_eval.run_dir": group.run_dir or "", "hpc_eval.config_hash": group.config_hash,
-            **{f"checkpoint.{ev.iteration}": ev.paths.read_request().get("checkpoint") or "" for ev in todo}}
+    return {
+        "hpc_eval.run": group.run,
+        "hpc_eval.run_dir": group.run_dir or "",
+        "hpc_eval.config_hash": group.config_hash,
+        **{f"checkpoint.{ev.iteration}": ev.paths.read_request().get("checkpoint") or "" for ev in todo},
+    }
 
 
 def log_wandb(wandb: Any, group: Group, todo: list[EvaluationResults], target: Target) -> str:
     """Resume (or start) the group's W&B run by its deterministic id and log each checkpoint at its iteration."""
     run_id = "hpc-eval-" + hashlib.sha256(f"{target.project}/{group.key}".encode()).hexdigest()[:16]
-    run = wandb.init(project=target.project, entity=target.entity, id=run_id, name=target.name, resume="allow",
-                     config=run_metadata(group, todo), reinit="create_new", settings=wandb.Settings(silent=True))
+    run = wandb.init(
+        project=target.project,
+        entity=target.entity,
+        id=run_id,
+        name=target.name,
+        resume="allow",
+        config=run_metadata(group, todo),
+        reinit="create_new",
+        settings=wandb.Settings(silent=True),
+    )
     try:
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC)
@@ -240,8 +272,11 @@ def log_mlflow(mlflow: Any, group: Group, todo: list[EvaluationResults], target:
     experiment = client.get_experiment_by_name(target.project)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(target.project)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{group.key}'", max_results=1)
-    run_id = found[0].info.run_id if found else client.create_run(
-        experiment_id, run_name=target.name, tags={RUN_KEY_TAG: group.key}).info.run_id
+    run_id = (
+        found[0].info.run_id
+        if found
+        else client.create_run(experiment_id, run_name=target.name, tags={RUN_KEY_TAG: group.key}).info.run_id
+    )
     now = int(time.time() * 1000)
     metrics = []
     for evaluation in todo:

@@ -48,8 +48,16 @@ def parse_sinfo(output: str) -> tuple[Node, ...]:
         if len(parts) != 5 or not parts[2].strip().isdigit():
             continue
         partition, name, cpus, memory, gres = (part.strip() for part in parts)
-        nodes.append(Node(partition.rstrip("*"), name, int(cpus), int(memory.rstrip("+")) if memory.rstrip("+").isdigit() else 0,
-                          gres, partition.endswith("*")))
+        nodes.append(
+            Node(
+                partition.rstrip("*"),
+                name,
+                int(cpus),
+                int(memory.rstrip("+")) if memory.rstrip("+").isdigit() else 0,
+                gres,
+                partition.endswith("*"),
+            )
+        )
     return tuple(nodes)
 
 
@@ -74,24 +82,35 @@ def check_feasible(settings: SlurmSettings, nodes: tuple[Node, ...] | None = Non
     nodes = cluster_nodes() if nodes is None else nodes
     if not nodes:
         return  # Slurm did not answer: sbatch will say why
-    partitions = settings.partition.split(",") if settings.partition else sorted({n.partition for n in nodes if n.default})
+    partitions = (
+        settings.partition.split(",") if settings.partition else sorted({n.partition for n in nodes if n.default})
+    )
     label = settings.partition or (partitions[0] if partitions else "(default)")
     members = [node for node in nodes if node.partition in partitions]
     if not members:
         names = ", ".join(sorted({node.partition for node in nodes}))
-        raise ConfigError(f"slurm.partition={settings.partition}: no such partition on this cluster (it has {names}); set slurm.partition"
-                          if settings.partition else "no default partition on this cluster; set slurm.partition")
+        raise ConfigError(
+            f"slurm.partition={settings.partition}: no such partition on this cluster (it has {names}); set slurm.partition"
+            if settings.partition
+            else "no default partition on this cluster; set slurm.partition"
+        )
     kind, _, count = str(settings.gpus_per_node).rpartition(":")
-    wanted = [("cpus_per_task", settings.cpus_per_task, "CPUs", lambda node: node.cpus),
-              ("mem", memory_mb(settings.mem), "MB of memory", lambda node: node.memory_mb),
-              ("gpus_per_node", int(count), f"{kind} GPUs" if kind else "GPUs", lambda node: node.gpus(kind or None))]
+    wanted = [
+        ("cpus_per_task", settings.cpus_per_task, "CPUs", lambda node: node.cpus),
+        ("mem", memory_mb(settings.mem), "MB of memory", lambda node: node.memory_mb),
+        ("gpus_per_node", int(count), f"{kind} GPUs" if kind else "GPUs", lambda node: node.gpus(kind or None)),
+    ]
     for key, amount, unit, has in wanted:
         largest = max(has(node) for node in members)
         if amount > largest:
-            raise ConfigError(f"slurm.{key}={getattr(settings, key)} but the largest node of partition {label} has "
-                              f"{largest} {unit}; set slurm.{key}")
+            raise ConfigError(
+                f"slurm.{key}={getattr(settings, key)} but the largest node of partition {label} has "
+                f"{largest} {unit}; set slurm.{key}"
+            )
     fitting = {node.name for node in members if all(has(node) >= amount for _, amount, _, has in wanted)}
     if len(fitting) < settings.nodes:
-        raise ConfigError(f"slurm.nodes={settings.nodes} but partition {label} has {len(fitting)} node(s) that can hold "
-                          f"{settings.cpus_per_task} CPUs, {settings.mem or 'any'} memory and {settings.gpus_per_node} GPUs together; "
-                          "set slurm.nodes or the request")
+        raise ConfigError(
+            f"slurm.nodes={settings.nodes} but partition {label} has {len(fitting)} node(s) that can hold "
+            f"{settings.cpus_per_task} CPUs, {settings.mem or 'any'} memory and {settings.gpus_per_node} GPUs together; "
+            "set slurm.nodes or the request"
+        )

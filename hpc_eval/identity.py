@@ -112,7 +112,9 @@ def fingerprint_change(recorded: dict[str, Any] | None, current: dict[str, Any])
     if recorded.get("stat") != current.get("stat"):
         changes.append(f"{METADATA_FILE} size-mtime {recorded.get('stat')} -> {current.get('stat')}")
     if recorded.get("train_state_sha256") != current.get("train_state_sha256"):
-        changes.append(f"{TRAIN_STATE_FILE} sha256 {str(recorded.get('train_state_sha256'))[:12]} -> {str(current.get('train_state_sha256'))[:12]}")
+        changes.append(
+            f"{TRAIN_STATE_FILE} sha256 {str(recorded.get('train_state_sha256'))[:12]} -> {str(current.get('train_state_sha256'))[:12]}"
+        )
     return "; ".join(changes)
 
 

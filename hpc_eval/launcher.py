@@ -29,7 +29,10 @@ def import_launcher(state_dir: Path | None = None) -> None:
         atexit.register(shutil.rmtree, state_dir, True)
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
     # Both settings are read at import time only; the job's own environment keeps the user's.
-    import_time_env = {"HOME": str(state_dir), "NEMO_EVALUATOR_LOG_LEVEL": os.environ.get("NEMO_EVALUATOR_LOG_LEVEL", "WARNING")}
+    import_time_env = {
+        "HOME": str(state_dir),
+        "NEMO_EVALUATOR_LOG_LEVEL": os.environ.get("NEMO_EVALUATOR_LOG_LEVEL", "WARNING"),
+    }
     saved = {name: os.environ.get(name) for name in import_time_env}
     os.environ.update(import_time_env)
     try:

@@ -25,11 +25,34 @@ from hpc_eval.errors import ConfigError
 from hpc_eval.slurm import SlurmSettings
 
 # launcher slurm executor key -> slurm: key
-EXECUTION_TO_SLURM = {"account": "account", "partition": "partition", "walltime": "time", "num_nodes": "nodes", "gpus_per_node": "gpus_per_node"}
-RUN_ENV_TO_SLURM = {"account": "account", "partition": "partition", "time": "time", "gpus_per_node": "gpus_per_node", "nodes": "nodes"}
+EXECUTION_TO_SLURM = {
+    "account": "account",
+    "partition": "partition",
+    "walltime": "time",
+    "num_nodes": "nodes",
+    "gpus_per_node": "gpus_per_node",
+}
+RUN_ENV_TO_SLURM = {
+    "account": "account",
+    "partition": "partition",
+    "time": "time",
+    "gpus_per_node": "gpus_per_node",
+    "nodes": "nodes",
+}
 # execution keys that stay when a launcher slurm executor becomes ours (the local executor's, which ours reads)
-KEPT_EXECUTION_KEYS = ("output_dir", "mode", "mounts", "endpoint_readiness_timeout", "auto_export", "runtime", "extra_docker_args",
-                       "num_nodes", "num_instances", "deployment", "proxy")  # the last four: the server's layout across nodes
+KEPT_EXECUTION_KEYS = (
+    "output_dir",
+    "mode",
+    "mounts",
+    "endpoint_readiness_timeout",
+    "auto_export",
+    "runtime",
+    "extra_docker_args",
+    "num_nodes",
+    "num_instances",
+    "deployment",
+    "proxy",
+)  # the last four: the server's layout across nodes
 SSH_ONLY_KEYS = ("hostname", "username")
 SBATCH_KEYS = ("constraint", "exclusive", "qos", "mem", "cpus_per_task")  # sbatch_extra_flags that are slurm: keys
 GRES_GPUS = re.compile(r"gpu(?::[\w.-]+)?:(\d+)")
@@ -56,8 +79,15 @@ def adopt(cfg: DictConfig, explicit_slurm: set[str], source: Path) -> list[str]:
         kept = {key: execution._get_node(key) for key in KEPT_EXECUTION_KEYS if key in execution.keys()}  # noqa: SIM118
         # the slurm executor runs tasks one after the other; without `mode` the local one would run them in parallel
         cfg.execution = {"type": "hpc_eval", "runtime": "auto", "mode": "sequential", **kept}
-        notes.append(f"note: execution.type slurm runs here as execution.type hpc_eval (runtime {OmegaConf.select(cfg, 'execution.runtime')}) inside the job hpc-eval submits; "
-                     f"its sbatch settings went to the slurm: section" + (f"; {', '.join('execution.' + k for k in unused)} (SSH submission) are neither required nor used" if unused else ""))
+        notes.append(
+            f"note: execution.type slurm runs here as execution.type hpc_eval (runtime {OmegaConf.select(cfg, 'execution.runtime')}) inside the job hpc-eval submits; "
+            f"its sbatch settings went to the slurm: section"
+            + (
+                f"; {', '.join('execution.' + k for k in unused)} (SSH submission) are neither required nor used"
+                if unused
+                else ""
+            )
+        )
     return notes
 
 
@@ -109,7 +139,12 @@ def slurm_from_run_env(cfg: DictConfig, filled: set[str]) -> set[str]:
             added.add(ours)
     image = value(cfg, "run.env.container_image")
     deployment = cfg.get("deployment")
-    if image and isinstance(deployment, DictConfig) and deployment.get("type", "none") != "none" and value(cfg, "deployment.image") is None:
+    if (
+        image
+        and isinstance(deployment, DictConfig)
+        and deployment.get("type", "none") != "none"
+        and value(cfg, "deployment.image") is None
+    ):
         deployment.image = "${run.env.container_image}"
     return added
 
@@ -149,14 +184,18 @@ def migrate_env_vars(cfg: DictConfig, source: Path) -> list[str]:
             raw = entries._get_node(name)._value()
             new = classify_value(raw)
             if new is None:
-                raise ConfigError(f"{source}: execution.env_vars.{part}.{name}: {raw!r} cannot be migrated automatically; "
-                                  f"run `nel migrate-config {source}` and move it by hand")
+                raise ConfigError(
+                    f"{source}: execution.env_vars.{part}.{name}: {raw!r} cannot be migrated automatically; "
+                    f"run `nel migrate-config {source}` and move it by hand"
+                )
             if OmegaConf.select(cfg, f"{target}.{name}", throw_on_missing=False) is None:
                 OmegaConf.update(cfg, f"{target}.{name}", new, merge=False, force_add=True)
                 moved.append(f"{part}.{name}")
     del execution["env_vars"]
-    note = (f"note: execution.env_vars migrated as `nel migrate-config` does ({', '.join(moved) or 'nothing to move'}): "
-            f"deployment entries to deployment.env_vars, evaluation entries to env_vars")
+    note = (
+        f"note: execution.env_vars migrated as `nel migrate-config` does ({', '.join(moved) or 'nothing to move'}): "
+        f"deployment entries to deployment.env_vars, evaluation entries to env_vars"
+    )
     return [note]
 
 
@@ -166,10 +205,16 @@ def check_layout(slurm: SlurmSettings, launcher: dict[str, Any], source: Path) -
     nodes, instances = execution.get("num_nodes") or slurm.nodes, execution.get("num_instances", 1)
     instances = 1 if instances is None else instances
     if not isinstance(instances, int) or instances < 1:
-        raise ConfigError(f"{source}: execution.num_instances is {instances!r}: give a whole number of servers, at least 1")
+        raise ConfigError(
+            f"{source}: execution.num_instances is {instances!r}: give a whole number of servers, at least 1"
+        )
     if not isinstance(nodes, int) or nodes < 1 or nodes % instances:
-        raise ConfigError(f"{source}: execution.num_nodes ({nodes!r}) must be a whole number divisible by execution.num_instances ({instances}): "
-                          f"each server instance gets num_nodes / num_instances nodes")
+        raise ConfigError(
+            f"{source}: execution.num_nodes ({nodes!r}) must be a whole number divisible by execution.num_instances ({instances}): "
+            f"each server instance gets num_nodes / num_instances nodes"
+        )
     if nodes > slurm.nodes:
-        raise ConfigError(f"{source}: execution.num_nodes is {nodes} but slurm.nodes is {slurm.nodes}: the job must have the server's nodes; "
-                          f"set slurm.nodes={nodes}")
+        raise ConfigError(
+            f"{source}: execution.num_nodes is {nodes} but slurm.nodes is {slurm.nodes}: the job must have the server's nodes; "
+            f"set slurm.nodes={nodes}"
+        )

@@ -76,7 +76,9 @@ def subdirs(directory: Path, pattern: str = "*") -> list[Path]:
     """The directories in `directory` whose names match `pattern`: one listing, no stat (`results` reads thousands)."""
     try:
         with os.scandir(directory) as entries:
-            return [Path(entry.path) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern) and entry.is_dir()]
+            return [
+                Path(entry.path) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern) and entry.is_dir()
+            ]
     except (FileNotFoundError, NotADirectoryError):
         return []
 

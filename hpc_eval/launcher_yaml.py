@@ -64,8 +64,9 @@ class LauncherTemplate:
         self.text = dump_launcher_config(marked, Path(self.output_mark))
         holders = list(marked_strings(marked.launcher, (self.checkpoint_mark or self.output_mark, self.output_mark)))
         # every mark in the text is one of these (the output dir's is not in `marked`), and no key holds one
-        self.usable = (self.text.count(token) == sum(text.count(token) for _, text in holders) + 1
-                       and all(not is_key and PLAIN_TEXT.fullmatch(text) for is_key, text in holders))
+        self.usable = self.text.count(token) == sum(text.count(token) for _, text in holders) + 1 and all(
+            not is_key and PLAIN_TEXT.fullmatch(text) for is_key, text in holders
+        )
 
     def render(self, checkpoint_path: str | None, output_dir: str) -> str | None:
         if not self.usable or not plain_path(output_dir) or (self.checkpoint_mark is None) != (checkpoint_path is None):
@@ -100,8 +101,6 @@ class LauncherDumper(getattr(yaml, "CDumper", yaml.Dumper)):
 
 
 LauncherDumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
 
 
 def dump_launcher_config(config: EvalConfig, eval_dir: Path) -> str:

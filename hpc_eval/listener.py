@@ -123,7 +123,12 @@ def verdict(port: int, server_pid: int, runtime: str, container: str | None = No
     job = os.environ.get("SLURM_JOB_ID")
     if runtime == "pyxis" and job and any(slurm_job(pid) == job for pid in pids):
         return None
-    if runtime == "docker" and container and all(command_name(pid) == "docker-proxy" for pid in pids) and publishes(container, port):
+    if (
+        runtime == "docker"
+        and container
+        and all(command_name(pid) == "docker-proxy" for pid in pids)
+        and publishes(container, port)
+    ):
         return None
     if not inodes:
         return f"port {port} answers, but nothing listens on it in this network namespace: not this evaluation's server"

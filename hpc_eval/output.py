@@ -31,8 +31,9 @@ def format_option(command):
         return command(*args, fmt="json" if as_json else fmt, **kwargs)
 
     wrapper = click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(wrapper)
-    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                        help="Output format.")(wrapper)
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+    )(wrapper)
 
 
 def emit_json(data: Any) -> None:
@@ -74,8 +75,18 @@ def show_submission(submission, fmt: str) -> None:
     else:
         job_of = {id(ev): task_id for job in result.jobs for task_id, ev in zip(job.task_ids, job.evaluations)}
         rows = [{"action": "invalid", "checkpoint": path, "reason": reason} for path, reason in result.invalid]
-        rows += [{"action": ev.action, "run": ev.run, "iteration": ev.iteration, "checkpoint": ev.checkpoint,
-                  "eval_dir": ev.paths.root, "job_id": job_of.get(id(ev)), "reason": ev.reason} for ev in result.evaluations]
+        rows += [
+            {
+                "action": ev.action,
+                "run": ev.run,
+                "iteration": ev.iteration,
+                "checkpoint": ev.checkpoint,
+                "eval_dir": ev.paths.root,
+                "job_id": job_of.get(id(ev)),
+                "reason": ev.reason,
+            }
+            for ev in result.evaluations
+        ]
         click.echo(render(rows, SUBMIT_COLUMNS, fmt))
 
 
@@ -92,18 +103,26 @@ def show_submission_text(submission) -> None:
         click.echo(f"launcher_config: {evaluation.paths.launcher_config}")
     if result.dry_run:
         count = len(result.to_submit)
-        click.echo(f"dry run: would submit {count} evaluation(s)" + (f" as one array of {count}" if count > 1 else "") + "; nothing submitted")
+        click.echo(
+            f"dry run: would submit {count} evaluation(s)"
+            + (f" as one array of {count}" if count > 1 else "")
+            + "; nothing submitted"
+        )
         if result.sbatch_script and count:
             click.echo("sbatch script:\n" + result.sbatch_script)
         if submission.job_commands:
             first = result.to_submit[0]
-            click.echo(f"commands in the job (execution.type hpc_eval; {first.checkpoint.name if first.checkpoint else 'the endpoint'}):\n{submission.job_commands}")
+            click.echo(
+                f"commands in the job (execution.type hpc_eval; {first.checkpoint.name if first.checkpoint else 'the endpoint'}):\n{submission.job_commands}"
+            )
         return
     if not result.jobs:
         click.echo("nothing to submit")
         return
     if len(result.jobs) > 1:
-        click.echo(f"split into {len(result.jobs)} arrays: {len(result.to_submit)} evaluations exceed the array size limit")
+        click.echo(
+            f"split into {len(result.jobs)} arrays: {len(result.to_submit)} evaluations exceed the array size limit"
+        )
     for job in result.jobs:
         kind = f"array job {job.job_id} ({len(job.task_ids)} tasks)" if len(job.task_ids) > 1 else f"job {job.job_id}"
         click.echo(f"submitted {kind}")
@@ -164,13 +183,18 @@ def note_shared_labels(shared: dict[str, list[str]]) -> None:
     from hpc_eval.identity import run_hash
 
     for label, run_dirs in sorted(shared.items()):
-        runs = ", ".join(f"{label}-{run_hash(run_dir)} = {run_dir}" if run_dir else f"{label} = an endpoint" for run_dir in run_dirs)
+        runs = ", ".join(
+            f"{label}-{run_hash(run_dir)} = {run_dir}" if run_dir else f"{label} = an endpoint" for run_dir in run_dirs
+        )
         click.echo(f"note: {len(run_dirs)} training runs share the label {label!r}, shown apart: {runs}", err=True)
 
 
 def note_rewritten() -> None:
-    click.echo("note: checkpoint 'rewritten': the checkpoint was written again in place after it was evaluated;"
-               " those scores are of the earlier weights", err=True)
+    click.echo(
+        "note: checkpoint 'rewritten': the checkpoint was written again in place after it was evaluated;"
+        " those scores are of the earlier weights",
+        err=True,
+    )
 
 
 # ---- watch
@@ -178,8 +202,16 @@ def note_rewritten() -> None:
 
 def show_pass(result, fmt: str, quiet: bool = False) -> None:
     if fmt == "json":
-        emit_json({"actions": [vars(action) for action in result.actions], "jobs": result.jobs, "stopped": result.stopped,
-                   "already_running": result.already_running, "submit_error": result.submit_error, "exit_code": result.exit_code})
+        emit_json(
+            {
+                "actions": [vars(action) for action in result.actions],
+                "jobs": result.jobs,
+                "stopped": result.stopped,
+                "already_running": result.already_running,
+                "submit_error": result.submit_error,
+                "exit_code": result.exit_code,
+            }
+        )
         return
     if fmt != "table":
         click.echo(render([vars(action) for action in result.actions], WATCH_COLUMNS, fmt))
@@ -193,7 +225,9 @@ def show_pass(result, fmt: str, quiet: bool = False) -> None:
     elif result.already_running:
         click.echo("another pass is running for these directories; nothing done")
     else:
-        counts = ", ".join(f"{result.count(name)} {name}" for name in ("submitted", "resubmitted", "waiting", "skipped", "failed"))
+        counts = ", ".join(
+            f"{result.count(name)} {name}" for name in ("submitted", "resubmitted", "waiting", "skipped", "failed")
+        )
         click.echo(f"pass: {counts}" + (f"; error: {result.submit_error}" if result.submit_error else ""))
 
 
@@ -223,8 +257,13 @@ def displayed_scores(records: list[dict], fmt: str) -> list[dict]:
     """Make missing cells visible in a table or markdown; CSV leaves them empty and JSON null."""
     if fmt not in ("table", "markdown"):
         return records
-    return [{key: MISSING_CELL if value is None else f"{value:.6g}" if isinstance(value, float) else value
-             for key, value in record.items()} for record in records]
+    return [
+        {
+            key: MISSING_CELL if value is None else f"{value:.6g}" if isinstance(value, float) else value
+            for key, value in record.items()
+        }
+        for record in records
+    ]
 
 
 def show_resubmission(resubmission) -> None:
@@ -253,18 +292,24 @@ def show_export(report, fmt: str) -> None:
         return
     rows = [{"destination": dest, **item} for dest, logged in report.logged.items() for item in logged]
     if fmt != "table":
-        click.echo(render(rows, sorted({key for row in rows for key in row}, key=lambda key: key != "destination"), fmt))
+        click.echo(
+            render(rows, sorted({key for row in rows for key in row}, key=lambda key: key != "destination"), fmt)
+        )
         return
     for dest, logged in report.logged.items():
         runs = sorted({item["tracking_run"] for item in logged})
-        click.echo(f"{dest}: {len(logged)} checkpoint(s) logged" + (f" to run {', '.join(runs)}" if runs else " (nothing new)"))
+        click.echo(
+            f"{dest}: {len(logged)} checkpoint(s) logged" + (f" to run {', '.join(runs)}" if runs else " (nothing new)")
+        )
 
 
 def show_cancel(result, fmt: str) -> None:
     if fmt == "json":
         emit_json(result.to_dict())
         return
-    rows = [{"action": "cancelled", **item} for item in result.cancelled] + [{"action": "not running", **item} for item in result.left]
+    rows = [{"action": "cancelled", **item} for item in result.cancelled] + [
+        {"action": "not running", **item} for item in result.left
+    ]
     if fmt != "table":
         click.echo(render(rows, ["action", "job_id", "state", "eval_dir"], fmt))
         return

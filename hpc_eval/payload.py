@@ -59,7 +59,11 @@ def run(eval_dir: Path) -> dict[str, Any]:
         EvaluationFailed: the checkpoint vanished or a task failed (the job then ends FAILED).
     """
     if allocation.rank() != 0:  # another node of a multi-node job: rank 0's srun steps use it
-        return {"rank": allocation.rank(), "node": os.environ.get("SLURMD_NODENAME"), "role": "hosts the steps rank 0 starts"}
+        return {
+            "rank": allocation.rank(),
+            "node": os.environ.get("SLURMD_NODENAME"),
+            "role": "hosts the steps rank 0 starts",
+        }
     paths = EvalPaths(eval_dir)
     request = paths.read_request()
     summary = {"started_at": now_iso(), "dry_run": request.get("dry_run", False), **job_facts()}
@@ -70,7 +74,9 @@ def run(eval_dir: Path) -> dict[str, Any]:
         reason = f"checkpoint vanished: {checkpoint} no longer exists (deleted by the training run's retention?)"
         finish(paths, summary, start, "FAILED", reason=reason, failure="checkpoint_missing")
         raise EvaluationFailed(reason)
-    change = identity.fingerprint_change(request.get("fingerprint"), identity.fingerprint(checkpoint)) if checkpoint else ""
+    change = (
+        identity.fingerprint_change(request.get("fingerprint"), identity.fingerprint(checkpoint)) if checkpoint else ""
+    )
     if change:  # a run relaunched into the same directory wrote this step again: not what was submitted
         reason = f"checkpoint rewritten since submit: {checkpoint} ({change}); not evaluated: submit it again to evaluate the new weights"
         finish(paths, summary, start, "FAILED", reason=reason, failure="checkpoint_changed")
@@ -89,8 +95,12 @@ def run(eval_dir: Path) -> dict[str, Any]:
         summary["server_port"] = invocation.server_port
         summary["invocation_dir"] = str(invocation.directory) if invocation.directory else None
         if summary["dry_run"]:
-            summary["scripts"] = sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
-            return finish(paths, summary, start, "COMPLETED", reason="launcher dry run: scripts written, nothing evaluated")
+            summary["scripts"] = (
+                sorted(str(p) for p in invocation.directory.rglob("*.sh")) if invocation.directory else []
+            )
+            return finish(
+                paths, summary, start, "COMPLETED", reason="launcher dry run: scripts written, nothing evaluated"
+            )
 
         try:
             signals.act()  # a signal that came while the launcher started acts now, its invocation saved
@@ -270,8 +280,14 @@ def start_launcher(paths: EvalPaths) -> Launcher:
 class Invocation:
     """One launcher invocation in this job: its id, directory, task dirs and script sessions."""
 
-    def __init__(self, invocation_id: str, directory: Path | None, task_dirs: dict[str, Path], sessions: list[int],
-                 server_port: int | None = None):
+    def __init__(
+        self,
+        invocation_id: str,
+        directory: Path | None,
+        task_dirs: dict[str, Path],
+        sessions: list[int],
+        server_port: int | None = None,
+    ):
         self.id, self.directory, self.task_dirs, self.sessions = invocation_id, directory, task_dirs, sessions
         self.server_port = server_port
 
@@ -350,7 +366,7 @@ def container_names(invocation: Invocation) -> list[str]:
     from nemo_evaluator_launcher.common.execdb import ExecutionDB
 
     names = {job.data.get("container") for job in ExecutionDB().get_jobs(invocation.id).values()}
-    for script in (invocation.directory.rglob("run*.sh") if invocation.directory else []):
+    for script in invocation.directory.rglob("run*.sh") if invocation.directory else []:
         names.update(re.findall(r'^\s*SERVER_CONTAINER_NAME="?([\w.-]+)"?', script.read_text(), re.M))
     return sorted(name for name in names if name)
 
@@ -364,9 +380,15 @@ def kill_containers(names: list[str], budget_s: float) -> None:
         return
     # Slurm sends SIGTERM to every process of the step while we clean up: the removals ignore it.
     # `kill` returns once the signal is sent: `rm` of a container not yet dead fails, so wait first
-    kills = [subprocess.Popen(["sh", "-c", 'docker kill "$1"; docker wait "$1"; docker rm "$1"', "kill-then-rm", name],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=ignore_sigterm)
-             for name in names]
+    kills = [
+        subprocess.Popen(
+            ["sh", "-c", 'docker kill "$1"; docker wait "$1"; docker rm "$1"', "kill-then-rm", name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=ignore_sigterm,
+        )
+        for name in names
+    ]
     deadline = time.monotonic() + budget_s
     for kill in kills:
         try:

@@ -52,7 +52,8 @@ def check_port(launcher: dict[str, Any]) -> None:
         where = "does not pass it" if found == 0 else f"passes it {found} times"
         raise PortError(
             f"deployment.command {where} as a port argument or a word of its own (deployment.port is {port!r}); each evaluation gets its own "
-            f"port on the node, so write the port as ${{deployment.port}} exactly once in the command, e.g. --port ${{deployment.port}}")
+            f"port on the node, so write the port as ${{deployment.port}} exactly once in the command, e.g. --port ${{deployment.port}}"
+        )
 
 
 def with_port(launcher: dict[str, Any], port: int) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def with_port(launcher: dict[str, Any], port: int) -> dict[str, Any]:
         return changed
     (match,) = port_arguments(str(deployment["command"]), deployment["port"])
     command = str(deployment["command"])
-    deployment["command"] = f"{command[:match.start()]}{match['flag']}{port}{command[match.end():]}"
+    deployment["command"] = f"{command[: match.start()]}{match['flag']}{port}{command[match.end() :]}"
     deployment["port"] = port
     return changed
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]  # called with (evaluations read, evaluations in all)
 Metrics = dict[str, Any]  # metric key -> value (a float, or None when the harness wrote none)
 
+
 @dataclass
 class EvaluationResults:
     """One evaluation directory: its checkpoint and the metrics of each launcher task that succeeded."""
@@ -67,10 +68,15 @@ class ResultsTable:
         """
         shared = self.shared_labels()
         flagged = any(row.checkpoint_changed for row in self.rows)
-        return [{"run": run_label(row.run, row.run_dir, shared), "iteration": row.iteration,
-                 **({"checkpoint": "rewritten" if row.checkpoint_changed else ""} if flagged else {}),
-                 **{m: row.scores.get(m) for m in self.metrics}}
-                for row in self.rows]
+        return [
+            {
+                "run": run_label(row.run, row.run_dir, shared),
+                "iteration": row.iteration,
+                **({"checkpoint": "rewritten" if row.checkpoint_changed else ""} if flagged else {}),
+                **{m: row.scores.get(m) for m in self.metrics},
+            }
+            for row in self.rows
+        ]
 
     def columns(self) -> list[str]:
         flagged = any(row.checkpoint_changed for row in self.rows)
@@ -129,10 +135,12 @@ def missing(roots: Iterable[Path], progress: Progress | None = None) -> list[Mis
     The tasks expected are those of the evaluation's launcher_config.yaml, named like the
     launcher's task dirs (name.INDEX).
     """
-    found = [MissingResult(evaluation.run, evaluation.iteration, task, str(evaluation.paths.root))
-             for evaluation in read_evaluations(roots, progress)
-             for task in expected_tasks(evaluation)
-             if task not in evaluation.task_metrics]
+    found = [
+        MissingResult(evaluation.run, evaluation.iteration, task, str(evaluation.paths.root))
+        for evaluation in read_evaluations(roots, progress)
+        for task in expected_tasks(evaluation)
+        if task not in evaluation.task_metrics
+    ]
     return sorted(found, key=lambda item: (*step_order(item.run, item.iteration), item.task, item.eval_dir))
 
 
@@ -152,8 +160,9 @@ def read_evaluation(paths: EvalPaths) -> EvaluationResults:
     # A requeued job's summary is stale: the next attempt is still adding results to the tree.
     final = summary.get("state") in FINAL_SUMMARY_STATES and "tasks" in summary
     outcomes = summary["tasks"] if final else launcher_tree_outcomes(paths.root)
-    successes = {task: outcome.get("metrics") or {} for task, outcome in outcomes.items()
-                 if outcome.get("status") == "success"}
+    successes = {
+        task: outcome.get("metrics") or {} for task, outcome in outcomes.items() if outcome.get("status") == "success"
+    }
     return EvaluationResults(
         paths=paths,
         run=request.get("run") or paths.root.parent.parent.name,
@@ -177,12 +186,19 @@ def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:
     rows: dict[tuple, CheckpointScores] = {}
     for evaluation in sorted(evaluations, key=lambda item: item.created_at):
         key = (evaluation.run, evaluation.run_dir, evaluation.iteration, evaluation.checkpoint_stat)
-        row = rows.setdefault(key, CheckpointScores(evaluation.run, evaluation.iteration, {}, evaluation.run_dir,
-                                                    evaluation.checkpoint_changed))
+        row = rows.setdefault(
+            key,
+            CheckpointScores(
+                evaluation.run, evaluation.iteration, {}, evaluation.run_dir, evaluation.checkpoint_changed
+            ),
+        )
         for task, metrics in sorted(evaluation.task_metrics.items()):
             for key, value in metrics.items():
                 row.scores[f"{task}/{key}" if key in shared else key] = value
-    ordered = sorted(rows.values(), key=lambda row: (row.run, row.run_dir or "", step_order(row.run, row.iteration)[1], not row.checkpoint_changed))
+    ordered = sorted(
+        rows.values(),
+        key=lambda row: (row.run, row.run_dir or "", step_order(row.run, row.iteration)[1], not row.checkpoint_changed),
+    )
     return ResultsTable(ordered, sorted({key for row in ordered for key in row.scores}))
 
 
@@ -212,13 +228,21 @@ def expected_tasks(evaluation: EvaluationResults) -> list[str]:
     import yaml
 
     try:
-        config = yaml.load(evaluation.paths.launcher_config.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        config = (
+            yaml.load(
+                evaluation.paths.launcher_config.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            )
+            or {}
+        )
     except FileNotFoundError:
         return []
     names = [task.get("name") for task in (config.get("evaluation") or {}).get("tasks") or []]
     if evaluation.task_filters:
-        names = [name for index, name in enumerate(names)
-                 if name in evaluation.task_filters or f"{name}.{index}" in evaluation.task_filters]
+        names = [
+            name
+            for index, name in enumerate(names)
+            if name in evaluation.task_filters or f"{name}.{index}" in evaluation.task_filters
+        ]
     return [f"{name}.{index}" for index, name in enumerate(names)]
 
 
@@ -251,8 +275,12 @@ def plot(table: ResultsTable, path: Path | str) -> Figure:
             if all(value is None for value in values):
                 continue
             label = metric if len(runs) == 1 else f"{run}: {metric}"
-            axes.plot([row.iteration for row in run_rows], [math.nan if v is None else v for v in values],
-                      marker="o", label=label)
+            axes.plot(
+                [row.iteration for row in run_rows],
+                [math.nan if v is None else v for v in values],
+                marker="o",
+                label=label,
+            )
     if not axes.lines:
         raise UsageError("nothing to plot: no checkpoint has both a training step and a score")
     axes.set_xlabel("training step")

@@ -21,7 +21,17 @@ from typing import Any
 
 from hpc_eval.errors import ConfigError, SlurmUnavailable, SubmitError
 
-LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT"}
+LIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+}
 NO_TIME_LIMIT = 0  # Slurm's `--time=0`: "no time limit be imposed"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 # Names Slurm lists with commas (partitions) or combines (constraint features): no blanks, quotes or `;`.
@@ -97,7 +107,9 @@ def check_slurm_keys(keys: Iterable[str], where: str) -> None:
     """Raise ConfigError for the first key of the `slurm:` section that SlurmSettings does not have."""
     unknown = sorted(set(keys) - set(SLURM_DEFAULTS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key slurm.{unknown[0]}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)")
+        raise ConfigError(
+            f"{where}: unknown key slurm.{unknown[0]}; allowed slurm keys are {sorted(SLURM_DEFAULTS)} (any other sbatch flag goes in slurm.additional_parameters)"
+        )
 
 
 def check_value(key: str, value: Any, source: Path | str) -> Any:
@@ -124,7 +136,9 @@ def check_value(key: str, value: Any, source: Path | str) -> Any:
             "constraint": (FEATURES, "Slurm features such as a100&ib (letters, digits and & | * ! [ ] ( ) , . : - _)"),
             "mem": (MEMORY, "a size such as 64G, or a number of megabytes (units K, M, G, T)"),
         }.get(key, (NAME, "a name (letters, digits, and , . : + - _; no blanks or quotes)"))
-        if value in (None, "") or (key == "mem" and isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        if value in (None, "") or (
+            key == "mem" and isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
             return value
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise refuse(takes)
@@ -134,8 +148,9 @@ def check_value(key: str, value: Any, source: Path | str) -> Any:
             return value
         raise refuse(f"true, false or one of {list(EXCLUSIVE)}")
     if key == "additional_parameters":
-        if not isinstance(value, dict) or not all(isinstance(flag, str) and NAME.fullmatch(flag) and one_line_scalar(item)
-                                                 for flag, item in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(flag, str) and NAME.fullmatch(flag) and one_line_scalar(item) for flag, item in value.items()
+        ):
             raise refuse("a mapping of sbatch flag names to one-line values, e.g. {mail-type: END}")
         return dict(value)
     # srun_args, setup
@@ -166,13 +181,17 @@ def time_minutes(value: Any, source: Path | str) -> int:
         return NO_TIME_LIMIT
     match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", str(value).strip())
     if not match or isinstance(value, bool):
-        raise ConfigError(f"{source}: slurm.time {value!r} is not a Slurm time; write MINUTES, HH:MM:SS or D-HH:MM:SS (0 for no limit)")
+        raise ConfigError(
+            f"{source}: slurm.time {value!r} is not a Slurm time; write MINUTES, HH:MM:SS or D-HH:MM:SS (0 for no limit)"
+        )
     days = int(match.group(1) or 0)
     parts = [int(part) for part in match.group(2).split(":")]
     if days:
         hours, minutes, seconds = parts + [0] * (3 - len(parts))
     else:
-        hours, minutes, seconds = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (0, parts[0], parts[1] if len(parts) == 2 else 0)
+        hours, minutes, seconds = (
+            ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (0, parts[0], parts[1] if len(parts) == 2 else 0)
+        )
     return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
@@ -188,7 +207,9 @@ def settings_from(slurm: dict[str, Any], cli_overrides: dict[str, Any] | None, s
 
 def require_slurm() -> None:
     if shutil.which("sbatch") is None:
-        raise SlurmUnavailable("sbatch is not on PATH: run hpc-eval on a Slurm login node (for a local test cluster: bash scripts/start-slurm.sh)")
+        raise SlurmUnavailable(
+            "sbatch is not on PATH: run hpc-eval on a Slurm login node (for a local test cluster: bash scripts/start-slurm.sh)"
+        )
 
 
 def max_array_size() -> int:
@@ -236,7 +257,9 @@ def make_executor(folder: Path, settings: SlurmSettings, job_name: str):
 def outer_job_hidden() -> Iterator[None]:
     """Hide an enclosing job's SLURM_* variables (cron from scrontab, submit from a job); keep SLURM_CONF."""
     prefixes = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")
-    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith(prefixes) and name != "SLURM_CONF"}
+    hidden = {
+        name: os.environ.pop(name) for name in list(os.environ) if name.startswith(prefixes) and name != "SLURM_CONF"
+    }
     try:
         yield
     finally:
@@ -297,7 +320,9 @@ def parse_squeue(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
     states = {}
     for line in output.splitlines():
         job, state, elapsed, reason, name = (line.split("|", 4) + ["", "", "", ""])[:5]
-        states[job.strip()] = SlurmJobState(state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip(), name.strip())
+        states[job.strip()] = SlurmJobState(
+            state.strip(), elapsed.strip(), "" if reason.strip() == "None" else reason.strip(), name.strip()
+        )
     # With -j, squeue also shows jobs that just ended; their final word comes from sacct.
     return {job: states[job] for job in job_ids if job in states and states[job].state in LIVE_STATES}
 
@@ -306,7 +331,9 @@ def query_sacct(job_ids: list[str]) -> dict[str, SlurmJobState] | None:
     """Final (or last known) states of `job_ids` from accounting, in one sacct call; None without an answer."""
     if not job_ids:
         return {}
-    output = run_quietly(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed,JobName", "-j", ",".join(base_job_ids(job_ids))])
+    output = run_quietly(
+        ["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Elapsed,JobName", "-j", ",".join(base_job_ids(job_ids))]
+    )
     return None if output is None else parse_sacct(output, job_ids)
 
 
@@ -329,8 +356,11 @@ def parse_sacct(output: str, job_ids: list[str]) -> dict[str, SlurmJobState]:
         for task in array_tasks(job) or [job]:
             (folded if task != job else states)[task] = parsed
     states = {**folded, **states}
-    return {job: states.get(job) or states[job.split("_")[0]] for job in job_ids
-            if job in states or job.split("_")[0] in states}
+    return {
+        job: states.get(job) or states[job.split("_")[0]]
+        for job in job_ids
+        if job in states or job.split("_")[0] in states
+    }
 
 
 def array_tasks(job: str) -> list[str]:
@@ -373,4 +403,6 @@ def scancel(job_ids: list[str]) -> None:
         raise SlurmUnavailable("scancel not found on PATH: run this on a Slurm login node")
     done = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
     if done.returncode:
-        raise SubmitError(f"scancel {' '.join(job_ids)} failed: {' '.join(done.stderr.split()) or f'exit code {done.returncode}'}")
+        raise SubmitError(
+            f"scancel {' '.join(job_ids)} failed: {' '.join(done.stderr.split()) or f'exit code {done.returncode}'}"
+        )

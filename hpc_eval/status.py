@@ -65,31 +65,55 @@ def collect_status(roots: Iterable[Path]) -> list[EvaluationStatus]:
 
 def reconcile(evaluations: list[EvalPaths]) -> list[EvaluationStatus]:
     records = [(paths, paths.read_request(), paths.read_attempts(), paths.read_summary()) for paths in evaluations]
-    pending_ids = [attempts[-1]["slurm_job_id"] for _, _, attempts, summary in records
-                   if attempts and not summary_is_final(summary, attempts[-1])]
+    pending_ids = [
+        attempts[-1]["slurm_job_id"]
+        for _, _, attempts, summary in records
+        if attempts and not summary_is_final(summary, attempts[-1])
+    ]
     live = query_squeue(pending_ids)
     ended = query_sacct([job for job in pending_ids if job not in (live or {})])
     answered = live is not None and ended is not None
-    rows = [row_for(paths, request, attempts, summary, live or {}, ended or {}, answered)
-            for paths, request, attempts, summary in records]
-    rows.sort(key=lambda row: (row.run, row.run_dir or "", row.iteration if row.iteration is not None else -1, row.config_hash))
+    rows = [
+        row_for(paths, request, attempts, summary, live or {}, ended or {}, answered)
+        for paths, request, attempts, summary in records
+    ]
+    rows.sort(
+        key=lambda row: (
+            row.run,
+            row.run_dir or "",
+            row.iteration if row.iteration is not None else -1,
+            row.config_hash,
+        )
+    )
     return rows
 
 
 def summary_is_final(summary: dict | None, attempt: dict) -> bool:
-    return (summary_is_for(summary, attempt) and summary.get("state") in FINAL_SUMMARY_STATES
-            and summary.get("state") not in ASK_SLURM_SUMMARY_STATES)
+    return (
+        summary_is_for(summary, attempt)
+        and summary.get("state") in FINAL_SUMMARY_STATES
+        and summary.get("state") not in ASK_SLURM_SUMMARY_STATES
+    )
 
 
 def summary_is_for(summary: dict | None, attempt: dict) -> bool:
     return bool(summary) and summary.get("slurm_job_id") == attempt["slurm_job_id"]
 
 
-def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict | None,
-            live: dict[str, SlurmJobState], ended: dict[str, SlurmJobState], answered: bool = True) -> EvaluationStatus:
+def row_for(
+    paths: EvalPaths,
+    request: dict,
+    attempts: list[dict],
+    summary: dict | None,
+    live: dict[str, SlurmJobState],
+    ended: dict[str, SlurmJobState],
+    answered: bool = True,
+) -> EvaluationStatus:
     job_id = attempts[-1]["slurm_job_id"] if attempts else None
     reason, elapsed = "", ""
-    foreign = [where[job_id].name for where in (live, ended) if job_id in where and not is_ours(where[job_id], attempts[-1])]
+    foreign = [
+        where[job_id].name for where in (live, ended) if job_id in where and not is_ours(where[job_id], attempts[-1])
+    ]
     if foreign:
         live, ended = {}, {}  # the id names another job now: Slurm knows nothing of ours
     if not attempts:
@@ -108,17 +132,32 @@ def row_for(paths: EvalPaths, request: dict, attempts: list[dict], summary: dict
         elapsed = format_seconds(summary.get("duration_s"))
     elif answered and age_s(attempts[-1].get("submitted_at")) > LOST_GRACE_S:
         state = LOST
-        reason = (f"job id {job_id} now names another job ({foreign[0]})" if foreign
-                  else f"Slurm knows no job {job_id} (purged, or the controller was reset)")
+        reason = (
+            f"job id {job_id} now names another job ({foreign[0]})"
+            if foreign
+            else f"Slurm knows no job {job_id} (purged, or the controller was reset)"
+        )
     else:
         state = "UNKNOWN"
-    if user_cancelled(paths, job_id) and state not in ("COMPLETED", "FAILED"):  # a cancel that lost a race leaves the outcome
-        state, reason = (state, f"{CANCELLED_BY_USER}, stopping") if job_id in live else ("CANCELLED", CANCELLED_BY_USER)
+    if user_cancelled(paths, job_id) and state not in (
+        "COMPLETED",
+        "FAILED",
+    ):  # a cancel that lost a race leaves the outcome
+        state, reason = (
+            (state, f"{CANCELLED_BY_USER}, stopping") if job_id in live else ("CANCELLED", CANCELLED_BY_USER)
+        )
     return EvaluationStatus(
-        eval_dir=str(paths.root), run=request.get("run", paths.root.parent.parent.name),
-        iteration=request.get("iteration"), config_hash=request.get("config_hash", paths.root.name),
-        job_id=job_id, state=state, attempts=len(attempts), elapsed=elapsed, reason=reason,
-        created_at=request.get("created_at", ""), run_dir=evaluated_run_dir(request),
+        eval_dir=str(paths.root),
+        run=request.get("run", paths.root.parent.parent.name),
+        iteration=request.get("iteration"),
+        config_hash=request.get("config_hash", paths.root.name),
+        job_id=job_id,
+        state=state,
+        attempts=len(attempts),
+        elapsed=elapsed,
+        reason=reason,
+        created_at=request.get("created_at", ""),
+        run_dir=evaluated_run_dir(request),
         checkpoint_changed=identity.changed_since(request.get("fingerprint"), request.get("checkpoint")),
         invocation_ids=invocation_ids(paths, summary),
     )
@@ -185,8 +224,12 @@ def find_evaluation(target: str, roots: Iterable[Path]) -> EvalPaths | None:
             return paths
     run, _, step = target.partition(":")
     step = step.removeprefix("iter_")
-    matches = [paths for paths in evaluations if run in (paths.read_request().get("run"), paths.root.parent.parent.name) and
-               (str(paths.read_request().get("iteration")) == step.lstrip("0") or paths.root.parent.name == step)]
+    matches = [
+        paths
+        for paths in evaluations
+        if run in (paths.read_request().get("run"), paths.root.parent.parent.name)
+        and (str(paths.read_request().get("iteration")) == step.lstrip("0") or paths.root.parent.name == step)
+    ]
     return matches[-1] if matches else None
 
 

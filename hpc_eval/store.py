@@ -111,7 +111,7 @@ class EvalPaths:
         except FileNotFoundError:
             old = b""
         if old and not old.endswith(b"\n"):
-            old = old[:old.rfind(b"\n") + 1]  # drop a torn last line rather than glue a record to it
+            old = old[: old.rfind(b"\n") + 1]  # drop a torn last line rather than glue a record to it
         write_bytes(self.slurm_record, old + (json.dumps(record, sort_keys=True) + "\n").encode())
 
 
@@ -133,8 +133,9 @@ def run_folder(run: str, run_dir: Path) -> str:
     return f"{safe_name(run)}-{identity.run_hash(run_dir)}"
 
 
-def eval_dir(output_dir: Path, run: str, checkpoint: Path | None, config_hash: str,
-             fingerprint: dict[str, Any] | None = None) -> Path:
+def eval_dir(
+    output_dir: Path, run: str, checkpoint: Path | None, config_hash: str, fingerprint: dict[str, Any] | None = None
+) -> Path:
     """Where an evaluation lives; a checkpoint's is named by its real path and its fingerprint."""
     if checkpoint is None:
         return output_dir / safe_name(run) / NO_CHECKPOINT / config_hash
@@ -153,8 +154,14 @@ def index_entry(iteration_folder: str, stat_key: str | None) -> str:
     return f"{iteration_folder}@{stat_key}"
 
 
-def find_existing(output_dir: Path, run: str, checkpoint: Path, config_hash: str, fingerprint: dict[str, Any],
-                  legacy_runs: tuple[str, ...] = ()) -> EvalPaths | None:
+def find_existing(
+    output_dir: Path,
+    run: str,
+    checkpoint: Path,
+    config_hash: str,
+    fingerprint: dict[str, Any],
+    legacy_runs: tuple[str, ...] = (),
+) -> EvalPaths | None:
     """An evaluation of this checkpoint, as it is now, with this config: under any label, or in the old layout.
 
     The new layout's name settles it (same real run dir, iteration and fingerprint); another
@@ -165,12 +172,18 @@ def find_existing(output_dir: Path, run: str, checkpoint: Path, config_hash: str
         return new
     real = identity.real_path(checkpoint)
     others = sorted(output_dir.glob(f"*-{identity.run_hash(real.parent)}/{new.root.parent.name}/{new.root.name}"))
-    legacy = [output_dir / safe_name(label) / safe_name(name) / config_hash
-              for label in dict.fromkeys((run, *legacy_runs)) for name in dict.fromkeys((real.name, Path(checkpoint).name))]
+    legacy = [
+        output_dir / safe_name(label) / safe_name(name) / config_hash
+        for label in dict.fromkeys((run, *legacy_runs))
+        for name in dict.fromkeys((real.name, Path(checkpoint).name))
+    ]
     for root in others + legacy:
         request = read_json(root / "request.json") if root.is_dir() else None
-        if request and identity.same_checkpoint(request.get("checkpoint"), checkpoint) and \
-                not identity.fingerprint_change(request.get("fingerprint"), fingerprint):
+        if (
+            request
+            and identity.same_checkpoint(request.get("checkpoint"), checkpoint)
+            and not identity.fingerprint_change(request.get("fingerprint"), fingerprint)
+        ):
             return EvalPaths(root)
     return None
 
@@ -184,8 +197,10 @@ def check_output_dir(output_dir: Path) -> None:
     for folder in (output_dir, *output_dir.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise ConfigError(f"output_dir {output_dir}: {folder} is a file, not a directory; set output_dir "
-                                  "(config key, override or --output-dir) to a directory")
+                raise ConfigError(
+                    f"output_dir {output_dir}: {folder} is a file, not a directory; set output_dir "
+                    "(config key, override or --output-dir) to a directory"
+                )
             return
 
 
@@ -318,13 +333,18 @@ class RequestTemplate:
         values = {key: value for key, value in varying.items() if not isinstance(value, dict)}
         nested = {key: value for key, value in varying.items() if isinstance(value, dict)}
         values.update((f"{key}.{inner}", value) for key, body in nested.items() for inner, value in body.items())
-        if not all(value is None or isinstance(value, (str, int, float)) for value in values.values()) or \
-                not all(isinstance(inner, str) for body in nested.values() for inner in body):
+        if not all(value is None or isinstance(value, (str, int, float)) for value in values.values()) or not all(
+            isinstance(inner, str) for body in nested.values() for inner in body
+        ):
             return dumps({**varying, **self.constants})
         shape = tuple((key, tuple(value) if isinstance(value, dict) else None) for key, value in varying.items())
         if shape not in self.texts:
-            marked = {key: {inner: f"{self.mark}{key}.{inner}" for inner in value} if isinstance(value, dict) else f"{self.mark}{key}"
-                      for key, value in varying.items()}
+            marked = {
+                key: {inner: f"{self.mark}{key}.{inner}" for inner in value}
+                if isinstance(value, dict)
+                else f"{self.mark}{key}"
+                for key, value in varying.items()
+            }
             self.texts[shape] = dumps({**marked, **self.constants})
         encoded = {key: json.dumps(value) for key, value in values.items()}
         return self.marks.sub(lambda match: encoded[match.group(1)], self.texts[shape])

@@ -68,8 +68,12 @@ class PlannedEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "eval_dir": str(self.paths.root), "run": self.run, "iteration": self.iteration,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None, "action": self.action, "reason": self.reason,
+            "eval_dir": str(self.paths.root),
+            "run": self.run,
+            "iteration": self.iteration,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "action": self.action,
+            "reason": self.reason,
         }
 
 
@@ -88,12 +92,19 @@ class SubmittedJob:
         return {"stdout": f"{stem}.out", "stderr": f"{stem}.err"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "submitit_folder": str(self.folder),
-                "tasks": [{"slurm_job_id": task, **ev.to_dict(), **self.log_paths(task)}
-                          for task, ev in zip(self.task_ids, self.evaluations)]}
+        return {
+            "job_id": self.job_id,
+            "submitit_folder": str(self.folder),
+            "tasks": [
+                {"slurm_job_id": task, **ev.to_dict(), **self.log_paths(task)}
+                for task, ev in zip(self.task_ids, self.evaluations)
+            ],
+        }
 
 
-def plan(config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run: str | None = None, force: bool = False) -> list[PlannedEvaluation]:
+def plan(
+    config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run: str | None = None, force: bool = False
+) -> list[PlannedEvaluation]:
     """One planned evaluation per checkpoint (or one for the endpoint when there is none).
 
     An evaluation of the same checkpoint (its real path, as it is now: see `identity`) with the
@@ -107,16 +118,28 @@ def plan(config: EvalConfig, checkpoints: list[tuple[Path, int | None]], *, run:
         if checkpoint is None:
             run_label = run or config.source.stem
             paths = EvalPaths(eval_dir(config.output_dir, run_label, None, config_hash))
-            entry, existing = PlannedEvaluation(paths, run_label, None, iteration), paths if paths.root.exists() else None
+            entry, existing = (
+                PlannedEvaluation(paths, run_label, None, iteration),
+                paths if paths.root.exists() else None,
+            )
         else:
             run_label = run or run_name(identity.real_path(checkpoint), config.source.stem)
             fingerprint = identity.fingerprint(checkpoint)
             paths = EvalPaths(eval_dir(config.output_dir, run_label, checkpoint, config_hash, fingerprint))
             entry = PlannedEvaluation(paths, run_label, checkpoint, iteration, fingerprint=fingerprint)
-            existing = find_existing(config.output_dir, run_label, checkpoint, config_hash, fingerprint,
-                                     legacy_runs=(run_name(checkpoint, config.source.stem),))
+            existing = find_existing(
+                config.output_dir,
+                run_label,
+                checkpoint,
+                config_hash,
+                fingerprint,
+                legacy_runs=(run_name(checkpoint, config.source.stem),),
+            )
         if existing and not force:
-            entry.action, entry.reason = "skip", f"already evaluated with config {config_hash}: {existing.root} (use --force to evaluate again)"
+            entry.action, entry.reason = (
+                "skip",
+                f"already evaluated with config {config_hash}: {existing.root} (use --force to evaluate again)",
+            )
         planned.append(entry)
     return planned
 
@@ -153,8 +176,10 @@ def prepare_all(config_for, evaluations: list[PlannedEvaluation], *, force: bool
                 ready.append(evaluation)
         except OSError as error:
             released = release_unsubmitted(ready)
-            raise SubmitError(f"{describe_os_error(error)} while saving evaluation {len(ready) + 1} of {len(evaluations)}; "
-                              f"nothing submitted, {released + 1} claim(s) released: free space and run the same command again") from None
+            raise SubmitError(
+                f"{describe_os_error(error)} while saving evaluation {len(ready) + 1} of {len(evaluations)}; "
+                f"nothing submitted, {released + 1} claim(s) released: free space and run the same command again"
+            ) from None
     return ready
 
 
@@ -174,7 +199,9 @@ def describe_os_error(error: OSError) -> str:
 
 def write_request(config: EvalConfig, evaluation: PlannedEvaluation, *, durable: bool = True) -> None:
     """Write the evaluation's launcher_config.yaml and request.json; a dry run's preview (not `durable`) in place."""
-    save_launcher_config(config, evaluation.paths.root, launcher_config_text(config, evaluation.checkpoint, evaluation.paths.root))
+    save_launcher_config(
+        config, evaluation.paths.root, launcher_config_text(config, evaluation.checkpoint, evaluation.paths.root)
+    )
     if config.request_template is None:
         config.request_template = RequestTemplate(request_constants(config))
     varying = {
@@ -205,7 +232,9 @@ def request_constants(config: EvalConfig) -> dict[str, Any]:
     }
 
 
-def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path) -> list[SubmittedJob]:
+def submit(
+    evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, array_folder_root: Path
+) -> list[SubmittedJob]:
     """Submit the evaluations: one sbatch for one, one array per MaxArraySize chunk for many.
 
     Raises:
@@ -221,13 +250,20 @@ def submit(evaluations: list[PlannedEvaluation], settings: SlurmSettings, *, arr
         released = release_unsubmitted(evaluations)
         reason = describe_os_error(error) if isinstance(error, OSError) else str(error)
         done = sum(len(batch.task_ids) for batch in submitted)
-        raise SubmitError(f"{reason}; {done} evaluation(s) submitted" + (f" (job {', '.join(b.job_id for b in submitted)})" if submitted else "")
-                          + (f", {released} claim(s) released: the same command submits them again" if released else "")) from None
+        raise SubmitError(
+            f"{reason}; {done} evaluation(s) submitted"
+            + (f" (job {', '.join(b.job_id for b in submitted)})" if submitted else "")
+            + (f", {released} claim(s) released: the same command submits them again" if released else "")
+        ) from None
     return submitted
 
 
-def send(evaluations: list[PlannedEvaluation], settings: SlurmSettings, array_folder_root: Path,
-         submitted: list[SubmittedJob]) -> None:
+def send(
+    evaluations: list[PlannedEvaluation],
+    settings: SlurmSettings,
+    array_folder_root: Path,
+    submitted: list[SubmittedJob],
+) -> None:
     """sbatch and record each batch; `submitted` holds the recorded ones when this raises."""
     from hpc_eval.payload import Evaluation
 
@@ -241,9 +277,11 @@ def send(evaluations: list[PlannedEvaluation], settings: SlurmSettings, array_fo
     cluster_limit = max_array_size()
     chunk = min(settings.max_array_size or cluster_limit, cluster_limit)
     for start in range(0, len(evaluations), chunk):
-        part = evaluations[start:start + chunk]
+        part = evaluations[start : start + chunk]
         array_folder_root.mkdir(parents=True, exist_ok=True)  # mkdtemp: unique even for two submissions in one second
-        folder = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}-", dir=array_folder_root))
+        folder = Path(
+            tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{start}-", dir=array_folder_root)
+        )
         executor = make_executor(folder, settings, array_label(part))
         write_json_manifest(folder, part)
         with outer_job_hidden(), submit_errors():
@@ -266,13 +304,20 @@ def record_attempts(batch: SubmittedJob, job_name: str, submitted: list[Submitte
     """
     try:
         for task_id, evaluation in zip(batch.task_ids, batch.evaluations):
-            evaluation.paths.record_attempt({
-                "slurm_job_id": task_id, "submitted_at": now_iso(), "submitit_folder": str(batch.folder),
-                "job_name": job_name, **batch.log_paths(task_id),
-            })
+            evaluation.paths.record_attempt(
+                {
+                    "slurm_job_id": task_id,
+                    "submitted_at": now_iso(),
+                    "submitit_folder": str(batch.folder),
+                    "job_name": job_name,
+                    **batch.log_paths(task_id),
+                }
+            )
     except OSError as error:
         cancel([batch.job_id])
-        raise SubmitError(f"could not record job {batch.job_id}: {describe_os_error(error)}; cancelled it so that nothing runs unrecorded") from None
+        raise SubmitError(
+            f"could not record job {batch.job_id}: {describe_os_error(error)}; cancelled it so that nothing runs unrecorded"
+        ) from None
     for evaluation in batch.evaluations:
         evaluation.claimed = None
     submitted.append(batch)
@@ -287,7 +332,9 @@ def array_label(part: list[PlannedEvaluation]) -> str:
 
 
 def batch_label(evaluations: list[PlannedEvaluation]) -> str:
-    return job_label(evaluations[0]) if len(evaluations) == 1 else array_label(evaluations) if evaluations else "hpc-eval"
+    return (
+        job_label(evaluations[0]) if len(evaluations) == 1 else array_label(evaluations) if evaluations else "hpc-eval"
+    )
 
 
 def dry_run_dir() -> Path:
@@ -320,15 +367,29 @@ class SubmitResult:
         }
 
 
-def submit_evaluations(config: EvalConfig, choice: CheckpointChoice, settings: SlurmSettings, *,
-                       run: str | None = None, force: bool = False, dry_run: bool = False) -> SubmitResult:
+def submit_evaluations(
+    config: EvalConfig,
+    choice: CheckpointChoice,
+    settings: SlurmSettings,
+    *,
+    run: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> SubmitResult:
     """`plan_save_submit`, resolving each checkpoint's and run dir's real path once."""
     with identity.resolving_once():
         return plan_save_submit(config, choice, settings, run=run, force=force, dry_run=dry_run)
 
 
-def plan_save_submit(config: EvalConfig, choice: CheckpointChoice, settings: SlurmSettings, *,
-                     run: str | None = None, force: bool = False, dry_run: bool = False) -> SubmitResult:
+def plan_save_submit(
+    config: EvalConfig,
+    choice: CheckpointChoice,
+    settings: SlurmSettings,
+    *,
+    run: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> SubmitResult:
     """Plan, claim, save and submit; with dry_run, save under a temp dir and submit nothing.
 
     Raises:
@@ -349,7 +410,9 @@ def plan_save_submit(config: EvalConfig, choice: CheckpointChoice, settings: Slu
             ev.paths = EvalPaths(preview_root / ev.paths.root.relative_to(config.output_dir))
             ev.paths.root.mkdir(parents=True)
             write_request(config, ev, durable=False)
-        folder = result.to_submit[0].paths.submitit if len(result.to_submit) == 1 else preview_root / ".arrays" / "preview"
+        folder = (
+            result.to_submit[0].paths.submitit if len(result.to_submit) == 1 else preview_root / ".arrays" / "preview"
+        )
         result.sbatch_script = sbatch_preview(settings, folder, batch_label(result.to_submit), len(result.to_submit))
         return result
     if result.to_submit:
@@ -369,9 +432,11 @@ def follow_up_commands(result: SubmitResult, output_dir: Path) -> dict[str, str]
     def command(*args: Any) -> str:
         return shlex.join(["hpc-eval", *(str(arg) for arg in args)])
 
-    return {"status_command": command("status", output_dir),
-            "logs_command": command("logs", result.jobs[0].evaluations[0].paths.root),
-            "results_command": command("results", output_dir)}
+    return {
+        "status_command": command("status", output_dir),
+        "logs_command": command("logs", result.jobs[0].evaluations[0].paths.root),
+        "results_command": command("results", output_dir),
+    }
 
 
 def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None = None) -> list[SubmittedJob]:
@@ -396,8 +461,15 @@ def resubmit(evaluations: list[EvalPaths], cli_overrides: dict[str, Any] | None 
             continue
         request = paths.read_request()
         checkpoint = Path(request["checkpoint"]) if request.get("checkpoint") else None
-        planned.append(PlannedEvaluation(paths, request.get("run", paths.root.parent.parent.name), checkpoint,
-                                         request.get("iteration"), claimed=marker))
+        planned.append(
+            PlannedEvaluation(
+                paths,
+                request.get("run", paths.root.parent.parent.name),
+                checkpoint,
+                request.get("iteration"),
+                claimed=marker,
+            )
+        )
     if not planned:
         return []
     return submit(planned, settings, array_folder_root=first.root.parent.parent.parent / ".arrays")

@@ -109,7 +109,9 @@ class Candidate:
     fingerprint: dict[str, Any] | None = None
 
 
-def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], settings: dict[str, Any], options: WatchOptions) -> PassResult:
+def watch_pass(
+    run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], settings: dict[str, Any], options: WatchOptions
+) -> PassResult:
     """One pass over `run_dirs`; `config_for(checkpoint)` gives the config resolved for a checkpoint."""
     stop_file = options.stop_file or config_for(run_dirs[0]).output_dir / "STOP"
     if stop_file.exists():
@@ -126,12 +128,21 @@ def watch_pass(run_dirs: list[Path], config_for: Callable[[Path], EvalConfig], s
             try:
                 candidates += scan_run(run_dir, config, options, result)
             except OSError as error:  # the run dir itself cannot be read: the other runs go on
-                result.actions.append(Action(run_of(run_dir, config.source.stem), None, str(run_dir), "skipped",
-                                             f"cannot read the run dir: {describe_os_error(error)}"))
+                result.actions.append(
+                    Action(
+                        run_of(run_dir, config.source.stem),
+                        None,
+                        str(run_dir),
+                        "skipped",
+                        f"cannot read the run dir: {describe_os_error(error)}",
+                    )
+                )
         candidates.sort(key=lambda item: item.iteration, reverse=not options.oldest_first)
         chosen = candidates[: options.max_submit] if options.max_submit is not None else candidates
-        for left in candidates[len(chosen):]:
-            result.actions.append(Action(left.run, left.iteration, str(left.paths.root), "waiting", "over --max-submit; next pass"))
+        for left in candidates[len(chosen) :]:
+            result.actions.append(
+                Action(left.run, left.iteration, str(left.paths.root), "waiting", "over --max-submit; next pass")
+            )
         if chosen:
             submit_candidates(chosen, config_for, settings, result)
         return result
@@ -151,15 +162,23 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
             if index_entry(name, identity.stat_key(checkpoint)) in completed:
                 continue  # evaluated, and not rewritten since: one stat
             fingerprint = identity.fingerprint(checkpoint)
-            existing = find_existing(config.output_dir, run, checkpoint, config_hash, fingerprint,
-                                     legacy_runs=(run_of(run_dir, config.source.stem),))
+            existing = find_existing(
+                config.output_dir,
+                run,
+                checkpoint,
+                config_hash,
+                fingerprint,
+                legacy_runs=(run_of(run_dir, config.source.stem),),
+            )
             if existing:
                 unfinished.append((existing, checkpoint, iteration, fingerprint))
                 continue
             paths = EvalPaths(eval_dir(config.output_dir, run, checkpoint, config_hash, fingerprint))
             verdict = ckpt.validate(checkpoint)
         except OSError as error:  # a symlink loop, no permission: this checkpoint only
-            result.actions.append(Action(run, iteration, str(checkpoint), "skipped", f"cannot read it: {describe_os_error(error)}"))
+            result.actions.append(
+                Action(run, iteration, str(checkpoint), "skipped", f"cannot read it: {describe_os_error(error)}")
+            )
             continue
         busy = quiet_problem(checkpoint, options.quiet_seconds) if verdict.ok else ""
         if verdict.ok and not busy:
@@ -176,7 +195,9 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
             continue
         why = retry_reason(row.state, row.attempts, row.created_at or mtime_iso(paths.root), options)
         if why:
-            candidates.append(Candidate(paths, run, checkpoint, iteration, retry=True, detail=why, fingerprint=fingerprint))
+            candidates.append(
+                Candidate(paths, run, checkpoint, iteration, retry=True, detail=why, fingerprint=fingerprint)
+            )
         elif row.state not in LIVE_STATES:
             result.actions.append(Action(run, iteration, str(paths.root), "skipped", skip_reason(row, options)))
     return candidates
@@ -189,11 +210,14 @@ def skip_reason(row, options: WatchOptions) -> str:
         return "claimed recently by another pass, not yet submitted; next pass"
     if row.state == "UNKNOWN":
         return f"{job}state unknown (Slurm did not answer, or it was just submitted); next pass"
-    if row.attempts >= options.max_attempts and (row.state in RETRYABLE_STATES or row.state == LOST
-                                                 or options.retry_failed):
+    if row.attempts >= options.max_attempts and (
+        row.state in RETRYABLE_STATES or row.state == LOST or options.retry_failed
+    ):
         return f"{job}ended {row.state} after {row.attempts} attempt(s): --max-attempts {options.max_attempts} reached"
     if row.state in ("FAILED", "CANCELLED"):
-        return f"{job}ended {row.state}" + (f" ({row.reason})" if row.reason else "") + "; --retry-failed submits it again"
+        return (
+            f"{job}ended {row.state}" + (f" ({row.reason})" if row.reason else "") + "; --retry-failed submits it again"
+        )
     return f"{job}ended {row.state}" + (f" ({row.reason})" if row.reason else "") + "; not submitted again"
 
 
@@ -203,7 +227,9 @@ def quiet_problem(checkpoint: Path, quiet_seconds: float) -> str:
         return ""
     try:
         with os.scandir(checkpoint) as entries:
-            newest = max([os.stat(checkpoint).st_mtime] + [entry.stat(follow_symlinks=False).st_mtime for entry in entries])
+            newest = max(
+                [os.stat(checkpoint).st_mtime] + [entry.stat(follow_symlinks=False).st_mtime for entry in entries]
+            )
     except OSError as error:  # a file vanished while we looked: it is still changing
         return f"files are changing ({error.strerror}); next pass"
     age = time.time() - newest
@@ -250,20 +276,33 @@ def submit_candidates(chosen: list[Candidate], config_for, settings: dict[str, A
     check_feasible(settings)
     ready: list[PlannedEvaluation] = []
     try:
-        fresh = [PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint)
-                 for item in chosen if not item.retry]
+        fresh = [
+            PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint)
+            for item in chosen
+            if not item.retry
+        ]
         ready += prepare_all(config_for, fresh)
         for item in chosen:
             planned = next((ev for ev in fresh if ev.paths.root == item.paths.root), None)
             if planned is None:
-                planned = PlannedEvaluation(item.paths, item.run, item.checkpoint, item.iteration, fingerprint=item.fingerprint,
-                                            claimed=claim_attempt(item.paths))
+                planned = PlannedEvaluation(
+                    item.paths,
+                    item.run,
+                    item.checkpoint,
+                    item.iteration,
+                    fingerprint=item.fingerprint,
+                    claimed=claim_attempt(item.paths),
+                )
                 if planned.claimed is not None:
                     ready.append(planned)
                     if not (item.paths.request.exists() and item.paths.launcher_config.exists()):
-                        write_request(config_for(item.checkpoint), planned)  # the claiming pass died before writing them
+                        write_request(
+                            config_for(item.checkpoint), planned
+                        )  # the claiming pass died before writing them
             if planned not in ready:
-                result.actions.append(Action(item.run, item.iteration, str(item.paths.root), "skipped", "claimed by another pass"))
+                result.actions.append(
+                    Action(item.run, item.iteration, str(item.paths.root), "skipped", "claimed by another pass")
+                )
     except (HpcEvalError, OSError) as error:
         release_unsubmitted(ready)
         result.submit_error = describe_os_error(error) if isinstance(error, OSError) else str(error)
@@ -314,8 +353,18 @@ class pass_lock:
         self.handle.close()
 
 
-def render_cron(watch_args: list[str], *, executable: str, cwd: Path, path_env: str, minutes: int,
-                partition: str, time_limit: str, log: Path, stop_file: Path) -> dict[str, str]:
+def render_cron(
+    watch_args: list[str],
+    *,
+    executable: str,
+    cwd: Path,
+    path_env: str,
+    minutes: int,
+    partition: str,
+    time_limit: str,
+    log: Path,
+    stop_file: Path,
+) -> dict[str, str]:
     """A crontab line and a scrontab file for `hpc-eval watch <watch_args>`, from templates/."""
     import shlex
     from string import Template
@@ -323,8 +372,16 @@ def render_cron(watch_args: list[str], *, executable: str, cwd: Path, path_env: 
     from hpc_eval.resources import TEMPLATES as templates
 
     values = {
-        "minutes": minutes, "cwd": shlex.quote(str(cwd)), "path": shlex.quote(path_env), "partition": partition,
-        "time": time_limit, "log": shlex.quote(str(log)), "stop_file": stop_file, "busy_exit": EXIT_PASS_RUNNING,
+        "minutes": minutes,
+        "cwd": shlex.quote(str(cwd)),
+        "path": shlex.quote(path_env),
+        "partition": partition,
+        "time": time_limit,
+        "log": shlex.quote(str(log)),
+        "stop_file": stop_file,
+        "busy_exit": EXIT_PASS_RUNNING,
         "command": " ".join(shlex.quote(part) for part in [executable, "watch", *watch_args]),
     }
-    return {name: Template((templates / f"{name}.txt").read_text()).substitute(values) for name in ("crontab", "scrontab")}
+    return {
+        name: Template((templates / f"{name}.txt").read_text()).substitute(values) for name in ("crontab", "scrontab")
+    }

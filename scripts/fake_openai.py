@@ -32,6 +32,7 @@ Environment:
   BIND       the address to listen on (0.0.0.0 in a container on docker's bridge, or to be reached
              from other nodes)                                                        [127.0.0.1]
 """
+
 import json
 import os
 import signal
@@ -54,6 +55,8 @@ def current_delay() -> float:
             return float(handle.read().strip() or 0)
     except (TypeError, OSError, ValueError):
         return DELAY_S
+
+
 LOG = os.environ.get("LOG")
 HEALTH_PATHS = ("/health", "/v1/health", "/health/ready", "/v1/health/ready", "")
 
@@ -97,8 +100,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _log(self, payload):
         if LOG:
-            line = json.dumps({"t": time.time(), "method": self.command,
-                               "path": self.path, "body": payload})
+            line = json.dumps({"t": time.time(), "method": self.command, "path": self.path, "body": payload})
             with _lock, open(LOG, "a") as f:
                 f.write(line + "\n")
 
@@ -111,8 +113,10 @@ class Handler(BaseHTTPRequestHandler):
         if path in HEALTH_PATHS:
             return self._send(200, {"status": "ok"})
         if path == "/v1/models":
-            return self._send(200, {"object": "list", "data": [
-                {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]})
+            return self._send(
+                200,
+                {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]},
+            )
         return self._send(404, {"error": {"message": f"no route {path}"}})
 
     def do_POST(self):
@@ -134,14 +138,20 @@ class Handler(BaseHTTPRequestHandler):
         model = req.get("model", MODEL_ID)
         if path.endswith("/chat/completions"):
             prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
-            return self._send(200, {
-                "id": f"chatcmpl-{num}", "object": "chat.completion",
-                "created": now, "model": model,
-                "choices": [{"index": i, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": REPLY}}
-                            for i in range(int(req.get("n") or 1))],
-                "usage": _usage(prompt, REPLY),
-            })
+            return self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{num}",
+                    "object": "chat.completion",
+                    "created": now,
+                    "model": model,
+                    "choices": [
+                        {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": REPLY}}
+                        for i in range(int(req.get("n") or 1))
+                    ],
+                    "usage": _usage(prompt, REPLY),
+                },
+            )
         if path.endswith("/completions"):
             prompts = req.get("prompt", "")
             if isinstance(prompts, str):
@@ -158,11 +168,17 @@ class Handler(BaseHTTPRequestHandler):
                     if echo:
                         choice["logprobs"]["token_logprobs"][0] = None
                 choices.append(choice)
-            return self._send(200, {
-                "id": f"cmpl-{num}", "object": "text_completion",
-                "created": now, "model": model, "choices": choices,
-                "usage": _usage(" ".join(map(str, prompts)), REPLY),
-            })
+            return self._send(
+                200,
+                {
+                    "id": f"cmpl-{num}",
+                    "object": "text_completion",
+                    "created": now,
+                    "model": model,
+                    "choices": choices,
+                    "usage": _usage(" ".join(map(str, prompts)), REPLY),
+                },
+            )
         return self._send(404, {"error": {"message": f"no route {path}"}})
 
 

@@ -68,11 +68,17 @@ class _TE(metaclass=_StubMeta):
 # What megatron.bridge.peft.lora{,_layers} pull from megatron.core: imported before the stand-in
 # is visible, so that megatron.core records HAVE_TE=False.
 _CORE_FIRST = [
-    "megatron.core", "megatron.core.parallel_state", "megatron.core.utils",
-    "megatron.core.transformer.moe.moe_utils", "megatron.core.transformer.moe.router",
-    "megatron.core.tensor_parallel", "megatron.core.transformer.module",
-    "megatron.core.dist_checkpointing", "megatron.core.dist_checkpointing.mapping",
-    "megatron.core.transformer.transformer_config", "megatron.core.models.gpt",
+    "megatron.core",
+    "megatron.core.parallel_state",
+    "megatron.core.utils",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.transformer.moe.router",
+    "megatron.core.tensor_parallel",
+    "megatron.core.transformer.module",
+    "megatron.core.dist_checkpointing",
+    "megatron.core.dist_checkpointing.mapping",
+    "megatron.core.transformer.transformer_config",
+    "megatron.core.models.gpt",
 ]
 
 
@@ -90,8 +96,12 @@ def cpu_setup():
         pass
     for name in _CORE_FIRST:
         importlib.import_module(name)
-    for name in ("megatron.bridge.peft.adapter_wrapper", "megatron.bridge.peft.base",
-                 "megatron.bridge.peft.module_matcher", "megatron.bridge.utils.import_utils"):
+    for name in (
+        "megatron.bridge.peft.adapter_wrapper",
+        "megatron.bridge.peft.base",
+        "megatron.bridge.peft.module_matcher",
+        "megatron.bridge.utils.import_utils",
+    ):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -118,11 +128,9 @@ def _init_gloo():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1,
-                                             pipeline_model_parallel_size=1)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
     return dist
 
 
@@ -134,21 +142,33 @@ def make_hf(hf_dir: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    text = [f"The quick brown fox jumps over the lazy dog. line {i} megatron bridge checkpoint"
-            for i in range(200)]
+    text = [f"The quick brown fox jumps over the lazy dog. line {i} megatron bridge checkpoint" for i in range(200)]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+    tok.train_from_iterator(
+        text,
+        trainers.BpeTrainer(
+            vocab_size=VOCAB,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                         num_hidden_layers=LAYERS, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                         tie_word_embeddings=False, torch_dtype="float32")
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
     LlamaForCausalLM(config).save_pretrained(hf_dir)
     fast.save_pretrained(hf_dir)
 
@@ -175,46 +195,61 @@ def train(hf_dir: Path, run_dir: Path, midway_dir: Path):
     bridge = AutoBridge.from_hf_pretrained(str(hf_dir), dtype=torch.float32)
     provider = bridge.to_megatron_provider(load_weights=True)
     provider.transformer_layer_spec = local_layer_spec
-    for flag in ("apply_rope_fusion", "gradient_accumulation_fusion", "masked_softmax_fusion",
-                 "bias_activation_fusion", "bias_dropout_fusion", "persist_layer_norm",
-                 "cross_entropy_loss_fusion"):
+    for flag in (
+        "apply_rope_fusion",
+        "gradient_accumulation_fusion",
+        "masked_softmax_fusion",
+        "bias_activation_fusion",
+        "bias_dropout_fusion",
+        "persist_layer_norm",
+        "cross_entropy_loss_fusion",
+    ):
         if hasattr(provider, flag):
             setattr(provider, flag, False)
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=True)
 
     tokenizer = TokenizerConfig(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf_dir))
-    dataset = MockGPTDatasetConfig(seq_length=64, random_seed=1234, reset_position_ids=False,
-                                   reset_attention_mask=False, eod_mask_loss=False)
+    dataset = MockGPTDatasetConfig(
+        seq_length=64, random_seed=1234, reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False
+    )
     dataset.tokenizer = build_tokenizer(tokenizer)  # as training/setup.py does: saves tokenizer/
     state = GlobalState()
 
     def configure(async_save):
         state.cfg = ConfigContainer(
-            model=provider, train=TrainingConfig(train_iters=ASYNC_STEP, global_batch_size=1,
-                                                 micro_batch_size=1),
-            optimizer=OptimizerConfig(use_distributed_optimizer=False), ddp=None, scheduler=None,
-            dataset=dataset, logger=LoggerConfig(), tokenizer=tokenizer,
-            checkpoint=CheckpointConfig(save=str(run_dir), save_interval=10, save_optim=False,
-                                        save_rng=True, ckpt_format="torch_dist",
-                                        async_save=async_save, use_persistent_ckpt_worker=False),
-            dist=None)
+            model=provider,
+            train=TrainingConfig(train_iters=ASYNC_STEP, global_batch_size=1, micro_batch_size=1),
+            optimizer=OptimizerConfig(use_distributed_optimizer=False),
+            ddp=None,
+            scheduler=None,
+            dataset=dataset,
+            logger=LoggerConfig(),
+            tokenizer=tokenizer,
+            checkpoint=CheckpointConfig(
+                save=str(run_dir),
+                save_interval=10,
+                save_optim=False,
+                save_rng=True,
+                ckpt_format="torch_dist",
+                async_save=async_save,
+                use_persistent_ckpt_worker=False,
+            ),
+            dist=None,
+        )
 
     configure(async_save=False)
     for step in (10, 20):
         state.train_state.step = step
-        checkpointing.save_checkpoint(state, model, None, None,
-                                      num_floating_point_operations_so_far=1.0e9 * step)
+        checkpointing.save_checkpoint(state, model, None, None, num_floating_point_operations_so_far=1.0e9 * step)
     configure(async_save=True)
     state.initialize_async_checkpoint_worker()
     state.train_state.step = ASYNC_STEP
-    checkpointing.save_checkpoint(state, model, None, None,
-                                  num_floating_point_operations_so_far=1.0e9 * ASYNC_STEP)
+    checkpointing.save_checkpoint(state, model, None, None, num_floating_point_operations_so_far=1.0e9 * ASYNC_STEP)
     iter_dir = run_dir / f"iter_{ASYNC_STEP:07d}"
     _wait_for_shards(iter_dir)
     shutil.copytree(run_dir, midway_dir, symlinks=True)  # what a job killed now leaves behind
-    checkpointing.maybe_finalize_async_save(state, ckpt_cfg=state.cfg.checkpoint, blocking=True,
-                                            terminate=True)
+    checkpointing.maybe_finalize_async_save(state, ckpt_cfg=state.cfg.checkpoint, blocking=True, terminate=True)
     print("async save before finalize:", sorted(os.listdir(midway_dir / iter_dir.name)))
     print("after finalize:", sorted(os.listdir(iter_dir)))
     dist.destroy_process_group()
@@ -237,14 +272,15 @@ def export(hf_dir: Path, iter_dir: Path, out_dir: Path):
     cpu_setup()
     from megatron.bridge import AutoBridge
 
-    AutoBridge.from_hf_pretrained(str(hf_dir)).export_ckpt(str(iter_dir), str(out_dir),
-                                                           show_progress=False)
+    AutoBridge.from_hf_pretrained(str(hf_dir)).export_ckpt(str(iter_dir), str(out_dir), show_progress=False)
 
 
 def write_versions(out: Path):
     """Name what wrote the data, so a test failure can be traced to a writer version."""
-    lines = [f"{name}=={version(name)}" for name in
-             ("megatron-bridge", "megatron-core", "torch", "transformers", "tokenizers")]
+    lines = [
+        f"{name}=={version(name)}"
+        for name in ("megatron-bridge", "megatron-core", "torch", "transformers", "tokenizers")
+    ]
     lines += [f"python=={sys.version.split()[0]}", "written by scripts/make-real-checkpoint.py"]
     (out / "VERSIONS").write_text("\n".join(lines) + "\n")
 

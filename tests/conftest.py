@@ -52,9 +52,7 @@ def pytest_configure(config):
     os.environ["XDG_CACHE_HOME"] = os.path.join(session_dir, "cache")  # hpc-eval's task catalogue cache
     config.addinivalue_line("markers", "slurm: needs the real local Slurm (scripts/start-slurm.sh)")
     config.addinivalue_line("markers", "multinode: needs the multi-node Slurm (scripts/start-slurm-multinode.sh)")
-    config.addinivalue_line(
-        "markers", "slow: end-to-end tests that run a real evaluation (still run in CI)"
-    )
+    config.addinivalue_line("markers", "slow: end-to-end tests that run a real evaluation (still run in CI)")
 
 
 def pytest_unconfigure(config):
@@ -156,9 +154,7 @@ def start_stub(tmp_path):
     are stopped (SIGTERM by PID) after the test."""
     started: list[StubServer] = []
 
-    def start(
-        reply: str | None = None, delay_s: float | None = None, model_id: str | None = None
-    ) -> StubServer:
+    def start(reply: str | None = None, delay_s: float | None = None, model_id: str | None = None) -> StubServer:
         stub = stub_lib.start_stub(tmp_path, f"stub-{len(started)}", reply, delay_s, model_id)
         started.append(stub)
         return stub
@@ -192,8 +188,13 @@ class RealDocker:
     image: str
 
     def docker(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], env=dict(os.environ, DOCKER_HOST=self.host),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["docker", *args],
+            env=dict(os.environ, DOCKER_HOST=self.host),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def containers_using(self, path: Path) -> dict[str, str]:
         """Name -> state of every container (running or not) with a bind mount under `path`:
@@ -214,10 +215,12 @@ def _probe_docker(host: str) -> str:
         return "`docker` is not on PATH"
     env = dict(os.environ, DOCKER_HOST=host)
     try:
-        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env,
-                              capture_output=True, text=True, timeout=10)
-        image = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], env=env,
-                               capture_output=True, text=True, timeout=10)
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], env=env, capture_output=True, text=True, timeout=10
+        )
+        image = subprocess.run(
+            ["docker", "image", "inspect", TEST_IMAGE], env=env, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if info.returncode != 0:

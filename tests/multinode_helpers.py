@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 STATE = Path(os.environ.get("SLURM_MN_STATE", "/var/lib/slurm-multinode"))
-START_HINT = ("multi-node Slurm is not running: start it with `bash scripts/start-slurm.sh && "
-              "bash scripts/start-slurm-multinode.sh`")
+START_HINT = (
+    "multi-node Slurm is not running: start it with `bash scripts/start-slurm.sh && "
+    "bash scripts/start-slurm-multinode.sh`"
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,11 @@ def _probe() -> tuple[MultiNodeCluster | None, str]:
     except subprocess.TimeoutExpired:
         return None, "sinfo timed out"
     # comp: still completing the previous test's job, it takes the next one right after
-    ready = {line.split()[0] for line in out.stdout.splitlines() if line.split()[1:] in (["idle"], ["mix"], ["alloc"], ["comp"])}
+    ready = {
+        line.split()[0]
+        for line in out.stdout.splitlines()
+        if line.split()[1:] in (["idle"], ["mix"], ["alloc"], ["comp"])
+    }
     missing = [node.name for node in nodes if node.name not in ready]
     if out.returncode != 0 or missing:
         return None, f"nodes not idle: {missing or out.stderr.strip()[:200]}"

@@ -31,8 +31,9 @@ def submit_json(*args: str) -> dict:
 
 def sacct_state(job_id: str) -> str:
     """The accounting state of one job (array task ids as A_i)."""
-    output = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State", "-j", job_id.split("_")[0]],
-                            capture_output=True, text=True).stdout
+    output = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-o", "JobID,State", "-j", job_id.split("_")[0]], capture_output=True, text=True
+    ).stdout
     for line in output.splitlines():
         job, _, state = line.partition("|")
         if job == job_id:
@@ -99,7 +100,15 @@ def submit_generic_host(tmp_path: Path, monkeypatch, *extra: str) -> tuple[dict,
     requests_log = tmp_path / "server-requests.jsonl"
     monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
     run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                         "--output-dir", tmp_path / "evals", f"deployment.port={port}",
-                         f"+deployment.env_vars.LOG=lit:{requests_log}", *extra)
+    result = submit_json(
+        "-c",
+        CONFIGS / "bfcl_generic_host.yaml",
+        "--checkpoint",
+        run / "iter_0000100",
+        "--output-dir",
+        tmp_path / "evals",
+        f"deployment.port={port}",
+        f"+deployment.env_vars.LOG=lit:{requests_log}",
+        *extra,
+    )
     return result, port, requests_log

@@ -28,8 +28,14 @@ def readme_python_example() -> str:
 @pytest.mark.slow
 def test_the_readme_example_submits_and_reads_back(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "NVIDIA_API_KEY": "unused-by-a-dry-run"}  # tiny_chat asks for it
-    done = subprocess.run([sys.executable, "-c", readme_python_example()], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", readme_python_example()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (submitted,) = re.findall(r"^submitted job (\d+) -> (.+)$", done.stdout, re.M)
     job_id, eval_dir = submitted

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.slurm
 
 VALID_STEPS = [1000, 2000, 3000, 4000, 5000, 6000]
 INVALID = {  # step -> (the half-written layout, words of the reason users see)
-    7000: ((".metadata", "metadata.json", "train_state.pt", "run_config.yaml", "tokenizer/tokenizer.json"), "shards without .metadata"),
+    7000: (
+        (".metadata", "metadata.json", "train_state.pt", "run_config.yaml", "tokenizer/tokenizer.json"),
+        "shards without .metadata",
+    ),
     8000: (("run_config.yaml", "tokenizer/tokenizer.json"), "train_state.pt without run_config.yaml"),
 }
 # The bfcl stub config, with the launcher's dry run in the job, one CPU and no GPU per task.
@@ -117,7 +120,9 @@ def test_all_checkpoints_go_out_as_one_array_and_a_second_submit_submits_nothing
     assert count_sbatch.count() == 1, "a second identical submit called sbatch"
     assert "nothing to submit" in second.output
     for step in VALID_STEPS:
-        line = next(line for line in second.output.splitlines() if line.startswith("skip: ") and iter_name(step) in line)
+        line = next(
+            line for line in second.output.splitlines() if line.startswith("skip: ") and iter_name(step) in line
+        )
         assert "already evaluated" in line and "--force" in line, line
     assert all(len(attempts(path)) == 1 for path in eval_dirs(out))
 
@@ -146,11 +151,16 @@ def test_dry_run_submits_nothing_and_gives_the_array_size(tmp_path, training_run
     out = tmp_path / "out"
     result = hpc_eval("submit", *DRY_KEY, "--checkpoint", training_run, "--all", "--output-dir", out, "--dry-run")
     assert result.exit_code == 0, result.output
-    assert f"would submit {len(VALID_STEPS)} evaluation(s) as one array of {len(VALID_STEPS)}; nothing submitted" in result.output
+    assert (
+        f"would submit {len(VALID_STEPS)} evaluation(s) as one array of {len(VALID_STEPS)}; nothing submitted"
+        in result.output
+    )
     assert f"#SBATCH --array=0-{len(VALID_STEPS) - 1}%" in result.output
     for step, (_, words) in INVALID.items():
-        assert any(line.startswith("skip (invalid): ") and iter_name(step) in line and words in line
-                   for line in result.output.splitlines()), result.output
+        assert any(
+            line.startswith("skip (invalid): ") and iter_name(step) in line and words in line
+            for line in result.output.splitlines()
+        ), result.output
     assert count_sbatch.count() == 0
     assert not out.exists(), "--dry-run claimed evaluation directories"
 
@@ -167,18 +177,22 @@ def test_dry_run_lists_each_checkpoint_with_submit_or_skip(tmp_path, training_ru
     for step in VALID_STEPS + list(INVALID):
         mentions = [line for line in lines if f"{training_run / iter_name(step)}" in line]
         expected = "skip (invalid): " if step in INVALID else "skip: " if step == 2000 else "submit"
-        assert len(mentions) == 1 and mentions[0].startswith(expected), \
+        assert len(mentions) == 1 and mentions[0].startswith(expected), (
             f"{iter_name(step)}: expected one line starting {expected!r}, got {mentions}:\n{result.output}"
+        )
     assert "would submit 5 evaluation(s) as one array of 5" in result.output
 
 
-@pytest.mark.parametrize(("selection", "expected"), [
-    (["--all"], VALID_STEPS),
-    (["--latest"], [6000]),
-    (["--every", "2000"], [2000, 4000, 6000]),
-    (["--from-step", "2000", "--to-step", "4000"], [2000, 3000, 4000]),
-    (["--every", "2000", "--from-step", "3000"], [4000, 6000]),
-])
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        (["--all"], VALID_STEPS),
+        (["--latest"], [6000]),
+        (["--every", "2000"], [2000, 4000, 6000]),
+        (["--from-step", "2000", "--to-step", "4000"], [2000, 3000, 4000]),
+        (["--every", "2000", "--from-step", "3000"], [4000, 6000]),
+    ],
+)
 def test_selection_picks_the_right_checkpoints(tmp_path, training_run, selection, expected):
     result = dry_run_json("--checkpoint", training_run, *selection, "--output-dir", tmp_path / "out")
     assert chosen_steps(result) == expected
@@ -186,14 +200,22 @@ def test_selection_picks_the_right_checkpoints(tmp_path, training_run, selection
 
 
 def test_repeated_checkpoints_and_a_quoted_glob(tmp_path, training_run):
-    repeated = dry_run_json("--checkpoint", training_run / iter_name(1000), "--checkpoint", training_run / iter_name(3000),
-                            "--output-dir", tmp_path / "out")
+    repeated = dry_run_json(
+        "--checkpoint",
+        training_run / iter_name(1000),
+        "--checkpoint",
+        training_run / iter_name(3000),
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert chosen_steps(repeated) == [1000, 3000]
     globbed = dry_run_json("--checkpoint", f"{training_run}/iter_000[246]000", "--output-dir", tmp_path / "out")
     assert chosen_steps(globbed) == [2000, 4000, 6000]
     everything = dry_run_json("--checkpoint", f"{training_run}/iter_*", "--output-dir", tmp_path / "out")
     assert chosen_steps(everything) == VALID_STEPS
-    assert sorted(Path(item["path"]).name for item in everything["invalid_checkpoints"]) == [iter_name(s) for s in INVALID]
+    assert sorted(Path(item["path"]).name for item in everything["invalid_checkpoints"]) == [
+        iter_name(s) for s in INVALID
+    ]
 
 
 # ------------------------------------------------------------------ site limits and sbatch flags
@@ -232,8 +254,20 @@ def test_a_lower_array_size_limit_splits_the_submission(tmp_path, count_sbatch):
 
 def test_parallel_reaches_sbatch_as_the_array_throttle(tmp_path, training_run, count_sbatch):
     out = tmp_path / "out"
-    result = hpc_eval("submit", *DRY_KEY, "--checkpoint", training_run, "--from-step", "1000", "--to-step", "4000",
-                      "--parallel", "2", "--output-dir", out)
+    result = hpc_eval(
+        "submit",
+        *DRY_KEY,
+        "--checkpoint",
+        training_run,
+        "--from-step",
+        "1000",
+        "--to-step",
+        "4000",
+        "--parallel",
+        "2",
+        "--output-dir",
+        out,
+    )
     assert result.exit_code == 0, result.output
     (array_id,), tasks = submitted_tasks(result.output)
     (script,) = (out / ".arrays").glob(f"*/{array_id}_submission.sh")
@@ -255,8 +289,9 @@ def test_an_outer_jobs_variables_do_not_leak_into_sbatch(tmp_path, training_run,
     for task, eval_dir in tasks.items():
         assert wait_for_state(task, timeout=240) == "COMPLETED"
         assert json.loads((eval_dir / "summary.json").read_text())["slurm_job_id"] == task
-    partitions = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "Partition", "-j", array_id],
-                                capture_output=True, text=True).stdout.split()
+    partitions = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-o", "Partition", "-j", array_id], capture_output=True, text=True
+    ).stdout.split()
     default = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
     assert partitions and {f"{p}*" for p in partitions} <= set(default), (partitions, default)  # the default partition
 
@@ -268,8 +303,22 @@ def test_without_sbatch_on_path_nothing_is_claimed(tmp_path, training_run, selec
     checkpoint = training_run if selection else training_run / iter_name(1000)
     env = {key: value for key, value in os.environ.items() if key != "PATH"}
     env["PATH"] = str(venv_bin)
-    proc = subprocess.run([str(venv_bin / "hpc-eval"), "submit", *DRY_KEY, "--checkpoint", str(checkpoint), *selection,
-                           "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(venv_bin / "hpc-eval"),
+            "submit",
+            *DRY_KEY,
+            "--checkpoint",
+            str(checkpoint),
+            *selection,
+            "--output-dir",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert proc.stderr.startswith("Error: sbatch is not on PATH"), proc.stderr
@@ -277,15 +326,28 @@ def test_without_sbatch_on_path_nothing_is_claimed(tmp_path, training_run, selec
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
 
 
-def test_two_arrays_submitted_in_the_same_second_keep_their_own_manifest(tmp_path, training_run, monkeypatch, count_sbatch):
+def test_two_arrays_submitted_in_the_same_second_keep_their_own_manifest(
+    tmp_path, training_run, monkeypatch, count_sbatch
+):
     import time
 
     monkeypatch.setattr(time, "strftime", lambda fmt, *when: "20250101-000000")  # the same second for both
     out = tmp_path / "out"
     pairs = [(1000, 2000), (3000, 4000)]
     for pair in pairs:
-        result = hpc_eval("submit", *DRY_KEY, "--checkpoint", training_run, "--from-step", pair[0], "--to-step", pair[1],
-                          "--output-dir", out, "+slurm.additional_parameters.hold=true")
+        result = hpc_eval(
+            "submit",
+            *DRY_KEY,
+            "--checkpoint",
+            training_run,
+            "--from-step",
+            pair[0],
+            "--to-step",
+            pair[1],
+            "--output-dir",
+            out,
+            "+slurm.additional_parameters.hold=true",
+        )
         assert result.exit_code == 0, result.output
     assert count_sbatch.count() == 2
     manifests = [json.loads(path.read_text()) for path in sorted((out / ".arrays").glob("*/manifest.json"))]

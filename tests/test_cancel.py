@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"
 
 
-def test_cancel_a_running_array_leaves_every_evaluation_cancelled_by_user(tmp_path, monkeypatch, start_stub, docker_standin, count_calls):
+def test_cancel_a_running_array_leaves_every_evaluation_cancelled_by_user(
+    tmp_path, monkeypatch, start_stub, docker_standin, count_calls
+):
     for name, value in docker_standin.items():
         monkeypatch.setenv(name, value)
     slow = start_stub(reply=BFCL_REPLY, delay_s=30)  # every request takes 30 s: the tasks stay running
@@ -32,8 +34,9 @@ def test_cancel_a_running_array_leaves_every_evaluation_cancelled_by_user(tmp_pa
     monkeypatch.setenv("DOCKER_STANDIN_DETACHED", "1")  # containers outside the job, as real docker makes them
     run = make_run(tmp_path / "train" / "checkpoints", [100, 200])
     out = tmp_path / "out"
-    submitted = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", run, "--all", "--output-dir", out,
-                            "slurm.gpus_per_node=0")
+    submitted = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", run, "--all", "--output-dir", out, "slurm.gpus_per_node=0"
+    )
     (array,) = submitted["jobs"]
     task_ids = [task["slurm_job_id"] for task in array["tasks"]]
     for job_id in task_ids:

@@ -257,10 +257,7 @@ def test_unreadable_directory_is_rejected_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "_scan", denied)
     verdict = validate(path)
     assert not verdict.ok
-    assert (
-        verdict.reason
-        == f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
-    )
+    assert verdict.reason == f"cannot read {path}: permission denied; ask its owner for read access (chmod -R a+rX)"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -310,9 +307,7 @@ def test_unpadded_and_unnamed_dirs_warn(tmp_path):
     unpadded = make_iter(tmp_path, 1000)
     unpadded = unpadded.rename(tmp_path / "iter_1000")
     renamed = make_iter(tmp_path, 2000).rename(tmp_path / "my-model")
-    assert validate(unpadded).warnings == (
-        "iter_1000 is not zero-padded; Megatron tools look for iter_0001000",
-    )
+    assert validate(unpadded).warnings == ("iter_1000 is not zero-padded; Megatron tools look for iter_0001000",)
     verdict = validate(renamed)
     assert verdict.ok and verdict.iteration is None
     assert verdict.warnings == ("my-model is not named iter_NNNNNNN: the iteration is unknown",)
@@ -372,9 +367,7 @@ train:
 def test_run_config_facts_are_read_without_pyyaml(tmp_path, format_line, peft_line, fsdp, adapter):
     text = REALISTIC_RUN_CONFIG.format(format_line=format_line, peft_line=peft_line).encode()
     run_config = {"run_config.yaml": text}
-    fsdp_verdict = validate(
-        make_iter(tmp_path / "fsdp", 1000, fmt="fsdp_dtensor", extra=run_config)
-    )
+    fsdp_verdict = validate(make_iter(tmp_path / "fsdp", 1000, fmt="fsdp_dtensor", extra=run_config))
     assert (fsdp_verdict.format == "fsdp_dtensor") is fsdp
     verdict = validate(make_iter(tmp_path / "torch", 1000, extra=run_config))
     assert verdict.ok, verdict.reason
@@ -471,9 +464,7 @@ def test_is_run_dir(run, tmp_path):
 
 def test_cli_validate_all_valid_exits_0(tmp_path):
     run = make_run(tmp_path / "checkpoints", [0, 1000])
-    result = CliRunner().invoke(
-        main, ["validate", str(run / "iter_0000000"), str(run / "iter_0001000")]
-    )
+    result = CliRunner().invoke(main, ["validate", str(run / "iter_0000000"), str(run / "iter_0001000")])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         f"OK  {run}/iter_0000000  iter 0  torch_dist",

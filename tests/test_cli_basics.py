@@ -67,7 +67,9 @@ def launcher_config_paths(output: str) -> list[Path]:
 # ---- --help stays light ----
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["submit", "--help"], ["config", "show", "--help"]], ids=["main", "submit", "config-show"])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["submit", "--help"], ["config", "show", "--help"]], ids=["main", "submit", "config-show"]
+)
 def test_help_does_not_import_the_launcher_or_submitit(argv):
     done = run_python(
         "import json, sys\n"
@@ -145,7 +147,9 @@ def test_submit_tiny_chat_dry_run_json(sandbox, tmp_path):
 def test_submit_default_with_fake_checkpoint_dry_run(sandbox, tmp_path):
     iter_dir = make_iter(tmp_path / "runs" / "llama" / "checkpoints", 2000)
     output_dir = tmp_path / "results"
-    result = invoke("submit", "-c", "default", "--checkpoint", str(iter_dir), "--dry-run", "--output-dir", str(output_dir))
+    result = invoke(
+        "submit", "-c", "default", "--checkpoint", str(iter_dir), "--dry-run", "--output-dir", str(output_dir)
+    )
     assert result.exit_code == 0, result.output
     [path] = launcher_config_paths(result.output)
     assert path.parent.parent.name == "iter_0002000" and path.parent.parent.parent.name.startswith("llama-")
@@ -161,8 +165,19 @@ def test_submit_default_with_fake_checkpoint_dry_run(sandbox, tmp_path):
 
 
 def test_submit_dry_run_with_overrides_and_task(sandbox, tmp_path):
-    result = invoke("submit", "-c", "tiny_chat", "evaluation.nemo_evaluator_config.config.params.limit_samples=3",
-                    "-t", "mmlu_instruct", "--time", "01:00:00", "--dry-run", "--output-dir", str(tmp_path / "results"))
+    result = invoke(
+        "submit",
+        "-c",
+        "tiny_chat",
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=3",
+        "-t",
+        "mmlu_instruct",
+        "--time",
+        "01:00:00",
+        "--dry-run",
+        "--output-dir",
+        str(tmp_path / "results"),
+    )
     assert result.exit_code == 0, result.output
     [path] = launcher_config_paths(result.output)
     saved = yaml.safe_load(path.read_text())
@@ -201,8 +216,15 @@ def test_config_show_applies_overrides_and_checkpoint(tmp_path):
 @pytest.mark.parametrize("command", [["status"], ["results"], ["logs", "123"]])
 def test_listing_commands_refuse_a_missing_output_dir(command, tmp_path):
     missing = tmp_path / "no-such-dir"
-    result = CliRunner().invoke(main, [*command, "--output-dir" if command[0] == "logs" else str(missing),
-                                       *([str(missing)] if command[0] == "logs" else [])])
+    result = CliRunner().invoke(
+        main,
+        [
+            *command,
+            "--output-dir" if command[0] == "logs" else str(missing),
+            *([str(missing)] if command[0] == "logs" else []),
+        ],
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"Error: no such directory: {missing}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory"]
+        f"Error: no such directory: {missing}; give an output dir (the submit's --output-dir), a run folder or an evaluation directory"
+    ]

@@ -28,7 +28,15 @@ def invoke(*args) -> tuple[int, str]:
 def test_submit_help_explains_the_override_forms():
     code, text = invoke("submit", "--help")
     assert code == 0
-    for form in ("key=value", "+key=value", "~key", "slurm.key=value", "???", "--format [table|csv|json|markdown]", "--json"):
+    for form in (
+        "key=value",
+        "+key=value",
+        "~key",
+        "slurm.key=value",
+        "???",
+        "--format [table|csv|json|markdown]",
+        "--json",
+    ):
         assert form in text, form
 
 
@@ -37,7 +45,9 @@ def test_bash_completion_script_is_produced():
     hpc_eval = Path(sys.executable).with_name("hpc-eval")
     done = subprocess.run([str(hpc_eval)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "_hpc_eval_completion()" in done.stdout and "complete -o nosort -F _hpc_eval_completion hpc-eval" in done.stdout
+    assert (
+        "_hpc_eval_completion()" in done.stdout and "complete -o nosort -F _hpc_eval_completion hpc-eval" in done.stdout
+    )
     env = {**os.environ, "_HPC_EVAL_COMPLETE": "bash_complete", "COMP_WORDS": "hpc-eval sta", "COMP_CWORD": "1"}
     done = subprocess.run([str(hpc_eval)], env=env, capture_output=True, text=True, timeout=60)
     assert "plain,status" in done.stdout.splitlines()
@@ -53,7 +63,9 @@ def test_validate_in_every_format(tmp_path):
     assert rows[0]["iteration"] == "100" and rows[1]["reason"]
     assert invoke("validate", good, "--json")[1] == invoke("validate", good, "--format", "json")[1]
     assert json.loads(invoke("validate", good, "--json")[1])[0]["ok"] is True
-    assert invoke("validate", good, "--format", "markdown")[1].startswith("| path | ok | iteration | format | reason | warnings |\n|---|")
+    assert invoke("validate", good, "--format", "markdown")[1].startswith(
+        "| path | ok | iteration | format | reason | warnings |\n|---|"
+    )
     assert invoke("validate", good)[1].startswith(f"OK  {good}  iter 100")  # the table stays as it was
 
 
@@ -69,7 +81,9 @@ def test_status_logs_and_watch_in_every_format(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     run = make_run(tmp_path / "train" / "checkpoints", [100, 200])
     out = tmp_path / "out"
-    code, text = invoke("watch", run, "-c", "tiny_chat", "--output-dir", out, "--quiet-seconds", "0", *HELD, "--format", "csv")
+    code, text = invoke(
+        "watch", run, "-c", "tiny_chat", "--output-dir", out, "--quiet-seconds", "0", *HELD, "--format", "csv"
+    )
     actions = list(csv.DictReader(io.StringIO(text)))
     assert code == 0, text
     assert [(row["action"], row["iteration"]) for row in actions] == [("submitted", "200"), ("submitted", "100")]
@@ -77,13 +91,36 @@ def test_status_logs_and_watch_in_every_format(tmp_path, monkeypatch):
     code, text = invoke("status", out, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert code == 0 and [(row["iteration"], row["state"]) for row in rows] == [("100", "PENDING"), ("200", "PENDING")]
-    assert list(rows[0]) == ["run", "iteration", "config_hash", "job_id", "state", "attempts", "elapsed", "reason", "run_dir", "eval_dir"]
+    assert list(rows[0]) == [
+        "run",
+        "iteration",
+        "config_hash",
+        "job_id",
+        "state",
+        "attempts",
+        "elapsed",
+        "reason",
+        "run_dir",
+        "eval_dir",
+    ]
     assert rows[0]["eval_dir"] == actions[1]["eval_dir"]
     by_json = json.loads(invoke("status", out, "--format", "json")[1])
     assert by_json == json.loads(invoke("status", out, "--json")[1])
     assert [row["job_id"] for row in by_json] == [row["job_id"] for row in rows]
-    assert invoke("status", out, "--format", "markdown")[1].splitlines()[0] == "| run | iteration | config_hash | job_id | state | attempts | elapsed | reason |"
-    assert invoke("status", out)[1].splitlines()[0].split() == ["run", "iteration", "config_hash", "job_id", "state", "attempts", "elapsed", "reason"]
+    assert (
+        invoke("status", out, "--format", "markdown")[1].splitlines()[0]
+        == "| run | iteration | config_hash | job_id | state | attempts | elapsed | reason |"
+    )
+    assert invoke("status", out)[1].splitlines()[0].split() == [
+        "run",
+        "iteration",
+        "config_hash",
+        "job_id",
+        "state",
+        "attempts",
+        "elapsed",
+        "reason",
+    ]
 
     code, text = invoke("logs", rows[0]["eval_dir"], "--format", "json")
     logs = json.loads(text)

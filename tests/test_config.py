@@ -130,16 +130,10 @@ def test_builtin_tiny_chat_resolves():
     config = load_config("tiny_chat")
     assert config.source.name == "tiny_chat.yaml"
     assert config.launcher["deployment"]["type"] == "none"
-    assert (
-        config.launcher["target"]["api_endpoint"]["url"]
-        == "https://integrate.api.nvidia.com/v1/chat/completions"
-    )
+    assert config.launcher["target"]["api_endpoint"]["url"] == "https://integrate.api.nvidia.com/v1/chat/completions"
     assert config.launcher["target"]["api_endpoint"]["api_key_name"] == "NVIDIA_API_KEY"
     assert [task["name"] for task in config.launcher["evaluation"]["tasks"]] == ["mmlu_instruct"]
-    assert (
-        config.launcher["evaluation"]["nemo_evaluator_config"]["config"]["params"]["limit_samples"]
-        == 1
-    )
+    assert config.launcher["evaluation"]["nemo_evaluator_config"]["config"]["params"]["limit_samples"] == 1
 
 
 def test_tiny_chat_endpoint_follows_environment(monkeypatch):
@@ -169,9 +163,7 @@ def test_yaml_path_absolute_and_relative(sandbox, monkeypatch):
     assert relative.source == path.resolve()
     assert relative.launcher["target"]["api_endpoint"]["model_id"] == "some/model"
     monkeypatch.chdir(sandbox["configs"])
-    assert (
-        load_config("mine.yaml").source == path.resolve()
-    )  # a bare file name with .yaml is a path
+    assert load_config("mine.yaml").source == path.resolve()  # a bare file name with .yaml is a path
 
 
 def test_unknown_builtin_name_lists_builtins():
@@ -183,24 +175,15 @@ def test_unknown_builtin_name_lists_builtins():
 
 
 def test_defaults_list_is_composed_with_launcher_groups(sandbox):
-    packaged = (
-        Path(__import__("nemo_evaluator_launcher").__file__).parent
-        / "configs"
-        / "deployment"
-        / "vllm.yaml"
-    )
+    packaged = Path(__import__("nemo_evaluator_launcher").__file__).parent / "configs" / "deployment" / "vllm.yaml"
     vllm_group = yaml.safe_load(packaged.read_text())
-    config = load_config(
-        str(write(sandbox, "vllm.yaml", VLLM_YAML)), ["deployment.checkpoint_path=/ckpt/hf_model"]
-    )
+    config = load_config(str(write(sandbox, "vllm.yaml", VLLM_YAML)), ["deployment.checkpoint_path=/ckpt/hf_model"])
     deployment = config.launcher["deployment"]
     assert deployment["type"] == "vllm"
     assert deployment["image"] == vllm_group["image"]  # from the group, not from the file
     assert deployment["gpu_memory_utilization"] == vllm_group["gpu_memory_utilization"]
     assert deployment["tensor_parallel_size"] == 1  # the file (_self_) wins over the group's 8
-    assert (
-        "--served-model-name my-model" in deployment["command"]
-    )  # the group's interpolations resolved
+    assert "--served-model-name my-model" in deployment["command"]  # the group's interpolations resolved
     assert config.launcher["execution"]["type"] == "local"
     assert "mode" in config.launcher["execution"]  # a key only the execution group has
     assert "defaults" not in config.launcher
@@ -208,9 +191,7 @@ def test_defaults_list_is_composed_with_launcher_groups(sandbox):
 
 def test_a_group_missing_value_is_reported(sandbox):
     # deployment/vllm.yaml has checkpoint_path: ??? and the file does not set it
-    with pytest.raises(
-        ConfigError, match=r"no value for deployment\.checkpoint_path.*--checkpoint"
-    ):
+    with pytest.raises(ConfigError, match=r"no value for deployment\.checkpoint_path.*--checkpoint"):
         load_config(str(write(sandbox, "vllm.yaml", VLLM_YAML)))
 
 
@@ -238,9 +219,7 @@ def test_unknown_group_option_is_a_config_error(sandbox):
         "badgroup.yaml",
         VLLM_YAML.replace("deployment: vllm", "deployment: nosuchdeployment"),
     )
-    with pytest.raises(
-        ConfigError, match=r"badgroup\.yaml: cannot compose its defaults list.*nosuchdeployment"
-    ):
+    with pytest.raises(ConfigError, match=r"badgroup\.yaml: cannot compose its defaults list.*nosuchdeployment"):
         load_config(str(path))
 
 
@@ -255,10 +234,7 @@ def test_override_scalar_and_nested():
             "target.api_endpoint.model_id=other/model",
         ],
     )
-    assert (
-        config.launcher["evaluation"]["nemo_evaluator_config"]["config"]["params"]["limit_samples"]
-        == 5
-    )
+    assert config.launcher["evaluation"]["nemo_evaluator_config"]["config"]["params"]["limit_samples"] == 5
     assert config.launcher["target"]["api_endpoint"]["model_id"] == "other/model"
 
 
@@ -327,7 +303,9 @@ def test_checkpoint_relative_path_is_made_absolute(iter_dir, monkeypatch):
 
 
 def test_interpolations_resolve_then_tool_keys_are_stripped(sandbox, tmp_path):
-    text = ENDPOINT_YAML.replace("model_id: some/model", "model_id: ${run.env.model}") + """\
+    text = (
+        ENDPOINT_YAML.replace("model_id: some/model", "model_id: ${run.env.model}")
+        + """\
 dry_run: true
 task_filters: [mmlu_instruct]
 run:
@@ -337,6 +315,7 @@ run:
 slurm:
   gpus_per_node: ${run.env.gpus}
 """
+    )
     out = tmp_path / "out"
     config = load_config(str(write(sandbox, "interp.yaml", text)), output_dir=out)
     assert config.launcher["execution"]["output_dir"] == str(out)
@@ -363,9 +342,7 @@ def test_unresolvable_interpolation_names_the_key(sandbox):
         "dangling.yaml",
         ENDPOINT_YAML.replace("model_id: some/model", "model_id: ${run.env.nothing}"),
     )
-    with pytest.raises(
-        ConfigError, match=r"dangling\.yaml: cannot resolve 'target\.api_endpoint\.model_id'"
-    ):
+    with pytest.raises(ConfigError, match=r"dangling\.yaml: cannot resolve 'target\.api_endpoint\.model_id'"):
         load_config(str(path))
 
 
@@ -412,18 +389,11 @@ def test_config_hash_changes_with_a_task_param(iter_dir):
 def test_config_hash_ignores_slurm_and_output_dir(iter_dir, tmp_path):
     base = load_config("default", checkpoint=iter_dir).config_hash()
     assert (
-        load_config(
-            "default", ["slurm.time=09:00:00", "slurm.partition=other"], checkpoint=iter_dir
-        ).config_hash()
+        load_config("default", ["slurm.time=09:00:00", "slurm.partition=other"], checkpoint=iter_dir).config_hash()
         == base
     )
-    assert (
-        load_config("default", checkpoint=iter_dir, output_dir=tmp_path / "x").config_hash() == base
-    )
-    assert (
-        load_config("default", [f"output_dir={tmp_path / 'y'}"], checkpoint=iter_dir).config_hash()
-        == base
-    )
+    assert load_config("default", checkpoint=iter_dir, output_dir=tmp_path / "x").config_hash() == base
+    assert load_config("default", [f"output_dir={tmp_path / 'y'}"], checkpoint=iter_dir).config_hash() == base
 
 
 # ---- preflight ----
@@ -467,9 +437,7 @@ def test_preflight_writes_nothing_in_home(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEMO_EVALUATOR_")}
     env["HOME"] = str(home)
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # a cold cache: the launcher itself is imported
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "preflight ok" in done.stdout
     assert not (home / ".nemo-evaluator").exists()
@@ -593,11 +561,7 @@ BAD_INPUTS = [
         id="url-with-deployment",
     ),
     pytest.param(
-        {
-            "generic_model.yaml": GENERIC_YAML.replace(
-                "url: http://localhost:9/v1/chat/completions", "model_id: x/y"
-            )
-        },
+        {"generic_model.yaml": GENERIC_YAML.replace("url: http://localhost:9/v1/chat/completions", "model_id: x/y")},
         ["-c", "CFG/generic_model.yaml"],
         ["generic_model.yaml", "target.api_endpoint.model_id", "~target.api_endpoint.model_id"],
         id="model-id-with-deployment",
@@ -640,9 +604,7 @@ def test_bad_input_is_one_error_line(sandbox, tmp_path, files, args, fragments):
         write(sandbox, name, content)
     args = [arg.replace("CFG/", f"{sandbox['configs']}/") for arg in args]
     output_dir = tmp_path / "results"
-    result = CliRunner().invoke(
-        main, ["submit", *args, "--output-dir", str(output_dir), "--dry-run"]
-    )
+    result = CliRunner().invoke(main, ["submit", *args, "--output-dir", str(output_dir), "--dry-run"])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit), result.exception
@@ -666,8 +628,6 @@ def test_bad_input_same_line_from_config_show(sandbox):
 
 
 def test_debug_shows_the_traceback_instead(sandbox):
-    result = CliRunner().invoke(
-        main, ["--debug", "submit", "-c", "tiny_chat", "limit_samples", "--dry-run"]
-    )
+    result = CliRunner().invoke(main, ["--debug", "submit", "-c", "tiny_chat", "limit_samples", "--dry-run"])
     assert isinstance(result.exception, ConfigError)
     assert "no '='" in str(result.exception)

@@ -35,12 +35,26 @@ run_eval(cfg, dry_run=True)
 """
 
 
-def dry_run(tmp_path: Path, *args: str, env: dict | None = None, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    environment = {**os.environ, **ENV, **(env or {}), "XDG_CACHE_HOME": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
+def dry_run(
+    tmp_path: Path, *args: str, env: dict | None = None, drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        **ENV,
+        **(env or {}),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TMPDIR": str(tmp_path),
+    }
     for name in drop:
         environment.pop(name, None)
-    return subprocess.run([HPC_EVAL, "submit", *args, "--dry-run", "--json"], capture_output=True, text=True,
-                          env=environment, cwd=tmp_path, timeout=120)
+    return subprocess.run(
+        [HPC_EVAL, "submit", *args, "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=120,
+    )
 
 
 def accepted(tmp_path: Path, *args: str) -> tuple[dict, dict]:
@@ -51,10 +65,20 @@ def accepted(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     saved_path = answer["launcher_configs"][0]
     launcher_home = tmp_path / "launcher-home"
     launcher_home.mkdir(exist_ok=True)
-    env = {**os.environ, **ENV, "HOME": str(launcher_home), "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
-           "NEMO_EVALUATOR_EXEC_DB_FILE": str(launcher_home / "exec.db")}
-    theirs = subprocess.run([sys.executable, "-c", LAUNCHER_DRY_RUN, saved_path, str(tmp_path / "nel-out")],
-                            capture_output=True, text=True, env=env, timeout=180)
+    env = {
+        **os.environ,
+        **ENV,
+        "HOME": str(launcher_home),
+        "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
+        "NEMO_EVALUATOR_EXEC_DB_FILE": str(launcher_home / "exec.db"),
+    }
+    theirs = subprocess.run(
+        [sys.executable, "-c", LAUNCHER_DRY_RUN, saved_path, str(tmp_path / "nel-out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert theirs.returncode == 0, theirs.stderr[-2000:]
     return yaml.safe_load(Path(saved_path).read_text()), answer
 
@@ -77,7 +101,9 @@ def hf_iteration(root: Path, step: int = 100, complete: bool = True) -> Path:
         (hf / name).write_text("{}")
     if complete:
         (hf / "model-00001-of-00001.safetensors").write_bytes(b"w")
-        (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+        (hf / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}})
+        )
     return iteration
 
 
@@ -93,14 +119,18 @@ def test_set_a_missing_value_with_key_equals_value():
 
 
 def test_add_over_a_missing_value_with_plus():
-    result = CliRunner().invoke(main, ["config", "show", "-c", "default", "+deployment.checkpoint_path=/x/iter_0000002"])
+    result = CliRunner().invoke(
+        main, ["config", "show", "-c", "default", "+deployment.checkpoint_path=/x/iter_0000002"]
+    )
     assert result.exit_code == 0, result.output
     assert "checkpoint_path: /x/iter_0000002" in result.output
 
 
 def test_delete_a_missing_value_with_tilde():
     # vllm's packaged checkpoint_path is ???: deleting it leaves the HF model by name
-    result = CliRunner().invoke(main, ["config", "show", "-c", str(USERS / "vllm_hf.yaml"), "~deployment.checkpoint_path"])
+    result = CliRunner().invoke(
+        main, ["config", "show", "-c", str(USERS / "vllm_hf.yaml"), "~deployment.checkpoint_path"]
+    )
     assert result.exit_code == 0, result.output
     assert "checkpoint_path" not in yaml.safe_load(result.output)["deployment"]
 
@@ -118,7 +148,14 @@ def test_hf_server_without_checkpoint_serves_the_named_model(tmp_path, name):
 @pytest.mark.parametrize("name", ["vllm_hf", "sglang_hf", "trtllm_hf"])
 def test_hf_server_with_checkpoint_serves_its_hf_export(tmp_path, name):
     iteration = hf_iteration(tmp_path)
-    saved, answer = accepted(tmp_path, "-c", str(USERS / f"{name}.yaml"), "deployment.checkpoint_path=/unused", "--checkpoint", str(iteration))
+    saved, answer = accepted(
+        tmp_path,
+        "-c",
+        str(USERS / f"{name}.yaml"),
+        "deployment.checkpoint_path=/unused",
+        "--checkpoint",
+        str(iteration),
+    )
     assert saved["deployment"]["checkpoint_path"] == str(iteration / "hf")
     assert saved["deployment"].get("hf_model_handle") is None  # never the HF model under this step's name
     assert "meta-llama" not in saved["deployment"]["command"]
@@ -168,12 +205,21 @@ def test_launcher_slurm_config_runs_in_the_allocation(tmp_path):
     assert saved["execution"]["mounts"]["deployment"] == {"/lustre/models": "/models"}
     assert not {"hostname", "username", "account", "walltime", "sbatch_extra_flags"} & set(saved["execution"])
     sbatch = answer["sbatch_script"]
-    for line in ("#SBATCH --partition=batch", "#SBATCH --time=210", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --constraint=h100", "#SBATCH --switches=1", "#SBATCH --comment='nightly eval'"):
+    for line in (
+        "#SBATCH --partition=batch",
+        "#SBATCH --time=210",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --constraint=h100",
+        "#SBATCH --switches=1",
+        "#SBATCH --comment='nightly eval'",
+    ):
         assert line in sbatch
     assert "--account" not in sbatch and "--exclusive" not in sbatch  # account ???: none; exclusive: false omitted
     assert answer["output_dir"] == "/lustre/evals"
-    assert any("execution.hostname, execution.username" in note and "neither required nor used" in note for note in answer["notes"])
+    assert any(
+        "execution.hostname, execution.username" in note and "neither required nor used" in note
+        for note in answer["notes"]
+    )
 
 
 def test_launcher_slurm_account_and_nodes_reach_sbatch(tmp_path):
@@ -189,7 +235,12 @@ def test_nemotron_run_env_fills_the_slurm_section_and_env_vars_migrate(tmp_path)
     iteration = make_iter(tmp_path / "ck", 3)
     saved, answer = accepted(tmp_path, "-c", str(USERS / "nemotron_run_env.yaml"), "--checkpoint", str(iteration))
     sbatch = answer["sbatch_script"]
-    for line in ("#SBATCH --account=nemotron-acct", "#SBATCH --partition=batch_long", "#SBATCH --time=240", "#SBATCH --gpus-per-node=8"):
+    for line in (
+        "#SBATCH --account=nemotron-acct",
+        "#SBATCH --partition=batch_long",
+        "#SBATCH --time=240",
+        "#SBATCH --gpus-per-node=8",
+    ):
         assert line in sbatch
     assert "--num_gpus 8" in saved["deployment"]["command"]  # one source for the GPU count
     assert "env_vars" not in saved["execution"]
@@ -215,9 +266,17 @@ def test_lepton_is_refused(tmp_path):
 # ---------------------------------------------------------------- no false OK
 def test_missing_environment_variables_one_line_each(tmp_path):
     iteration = make_iter(tmp_path / "ck", 3)
-    lines = refused(tmp_path, "-c", str(USERS / "nemotron_run_env.yaml"), "--checkpoint", str(iteration), drop=("HF_TOKEN",))
+    lines = refused(
+        tmp_path, "-c", str(USERS / "nemotron_run_env.yaml"), "--checkpoint", str(iteration), drop=("HF_TOKEN",)
+    )
     assert len(lines) == 1 and "HF_TOKEN" in lines[0]
-    lines = refused(tmp_path, "-c", str(USERS / "endpoint_none.yaml"), "+env_vars.OTHER=host:USERS_TEST_OTHER", drop=("USERS_TEST_API_KEY",))
+    lines = refused(
+        tmp_path,
+        "-c",
+        str(USERS / "endpoint_none.yaml"),
+        "+env_vars.OTHER=host:USERS_TEST_OTHER",
+        drop=("USERS_TEST_API_KEY",),
+    )
     assert len(lines) == 2
     assert "USERS_TEST_OTHER" in lines[0] + lines[1] and "USERS_TEST_API_KEY" in lines[0] + lines[1]
 
@@ -228,8 +287,15 @@ def test_a_key_the_launcher_forbids_is_refused_before_the_queue(tmp_path):
 
 
 def test_auto_export_to_wandb_is_refused(tmp_path):
-    lines = refused(tmp_path, "-c", str(USERS / "nemotron_auto_export.yaml"), "--checkpoint", str(make_iter(tmp_path / "ck", 3)))
-    assert len(lines) == 1 and "execution.auto_export" in lines[0] and "issue 17" in lines[0] and "~execution.auto_export" in lines[0]
+    lines = refused(
+        tmp_path, "-c", str(USERS / "nemotron_auto_export.yaml"), "--checkpoint", str(make_iter(tmp_path / "ck", 3))
+    )
+    assert (
+        len(lines) == 1
+        and "execution.auto_export" in lines[0]
+        and "issue 17" in lines[0]
+        and "~execution.auto_export" in lines[0]
+    )
 
 
 # ---------------------------------------------------------------- the executor's runtime choice
@@ -245,7 +311,11 @@ def test_auto_never_falls_back_to_host_for_a_deployment(monkeypatch, tmp_path):
 def test_auto_export_elsewhere_runs_with_the_local_executor_and_is_refused_with_ours(tmp_path):
     generic = (USERS / "generic.yaml").read_text()
     local = tmp_path / "local_export.yaml"
-    local.write_text(generic.replace("  output_dir: ./nel-results", "  output_dir: ./nel-results\n  auto_export: {destinations: [local]}"))
+    local.write_text(
+        generic.replace(
+            "  output_dir: ./nel-results", "  output_dir: ./nel-results\n  auto_export: {destinations: [local]}"
+        )
+    )
     iteration = make_iter(tmp_path / "ck", 2)
     saved, _ = accepted(tmp_path, "-c", str(local), "--checkpoint", str(iteration))
     assert saved["execution"]["auto_export"]["destinations"] == ["local"]
@@ -260,5 +330,9 @@ def test_acceptance_runs_once_per_config_not_per_checkpoint(tmp_path):
     done = dry_run(tmp_path, "-c", str(USERS / "nemotron_run_env.yaml"), "--checkpoint", str(run), "--all")
     assert done.returncode == 0, done.stderr
     saved = [yaml.safe_load(Path(path).read_text()) for path in json.loads(done.stdout)["launcher_configs"]]
-    assert sorted(Path(config["deployment"]["checkpoint_path"]).name for config in saved) == ["iter_0000010", "iter_0000020", "iter_0000030"]
+    assert sorted(Path(config["deployment"]["checkpoint_path"]).name for config in saved) == [
+        "iter_0000010",
+        "iter_0000020",
+        "iter_0000030",
+    ]
     assert len(list((tmp_path / "cache" / "hpc-eval").glob("accepted-*.json"))) == 1

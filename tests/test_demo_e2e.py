@@ -53,7 +53,9 @@ def test_submit_all_checkpoints_as_one_array_on_the_host_runtime(tmp_path, monke
     assert stub.requests() >= 12  # 4 samples per checkpoint reached the model server
 
     rows = json.loads(hpc_eval("results", output_dir, "--format", "json").output)
-    assert [(row["run"], row["iteration"], row[METRIC]) for row in rows] == [("my-run", step, 25.0) for step in (100, 200, 300)]
+    assert [(row["run"], row["iteration"], row[METRIC]) for row in rows] == [
+        ("my-run", step, 25.0) for step in (100, 200, 300)
+    ]
 
 
 def test_generic_deployment_serves_the_checkpoint_on_the_host_runtime(tmp_path, monkeypatch):

@@ -67,8 +67,16 @@ def submit_generic(tmp_path: Path, *extra: str, mounts: dict | None = None) -> t
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = submit_json("-c", tmp_path / "config.yaml", "--checkpoint", run / "iter_0000100",
-                         "--output-dir", tmp_path / "evals", f"deployment.port={port}", *extra)
+    result = submit_json(
+        "-c",
+        tmp_path / "config.yaml",
+        "--checkpoint",
+        run / "iter_0000100",
+        "--output-dir",
+        tmp_path / "evals",
+        f"deployment.port={port}",
+        *extra,
+    )
     job_id, eval_dir = only_task(result)
     return job_id, eval_dir, port
 
@@ -76,19 +84,24 @@ def submit_generic(tmp_path: Path, *extra: str, mounts: dict | None = None) -> t
 # ---------------------------------------------------------------- the daemon itself
 def test_the_daemon_is_private_and_behaves_like_docker(tmp_path, real_docker):
     without = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    assert subprocess.run(["docker", "info"], env=without, capture_output=True, timeout=30).returncode != 0, \
+    assert subprocess.run(["docker", "info"], env=without, capture_output=True, timeout=30).returncode != 0, (
         "a docker daemon answers on the default socket: `runtime: auto` would pick docker for everyone"
+    )
     relative = real_docker.docker("run", "--rm", "-v", "relative/dir:/x", real_docker.image, "true")
     assert relative.returncode == 125 and "relative/dir" in relative.stderr
     started = time.monotonic()
     missing = real_docker.docker("run", "--rm", "local/no-such-image:1", "true")
     assert missing.returncode == 125 and "Unable to find image" in missing.stderr
     assert time.monotonic() - started < 20  # no registry: fails at once, does not hang
-    gpus = real_docker.docker("run", "--rm", "--gpus", '"device=1"', real_docker.image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES")
+    gpus = real_docker.docker(
+        "run", "--rm", "--gpus", '"device=1"', real_docker.image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"
+    )
     assert gpus.returncode == 0 and gpus.stdout.strip() == "1", gpus.stderr
     volume = tmp_path / "vol"
     volume.mkdir()
-    wrote = real_docker.docker("run", "--rm", "-v", f"{volume}:/results", real_docker.image, "sh", "-c", "echo x > /results/f")
+    wrote = real_docker.docker(
+        "run", "--rm", "-v", f"{volume}:/results", real_docker.image, "sh", "-c", "echo x > /results/f"
+    )
     assert wrote.returncode == 0 and (volume / "f").stat().st_uid == 0  # written by the container's root
 
 
@@ -96,8 +109,9 @@ def test_kill_containers_is_fast_when_pid1_ignores_term(tmp_path, real_docker):
     """`docker stop` waits 10 s for a PID 1 that ignores TERM (sh -c); kill then rm does not."""
     names = [f"hpc-eval-test-kill-{os.getpid()}-{i}" for i in range(2)]
     for name in names:
-        started = real_docker.docker("run", "-d", "--name", name, "-v", f"{tmp_path}:/t", real_docker.image,
-                                     "sh", "-c", "sleep 100; true")
+        started = real_docker.docker(
+            "run", "-d", "--name", name, "-v", f"{tmp_path}:/t", real_docker.image, "sh", "-c", "sleep 100; true"
+        )
         assert started.returncode == 0, started.stderr
     before = time.monotonic()
     kill_containers(names, budget_s=CLEANUP_BUDGET_S / 2)
@@ -113,8 +127,15 @@ def test_kill_containers_is_fast_when_pid1_ignores_term(tmp_path, real_docker):
 def test_no_deployment_evaluation_leaves_no_container(tmp_path, monkeypatch, start_stub, real_docker):
     stub = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", stub.url)
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path, "execution.type=hpc_eval",
-                         "+execution.runtime=docker", "slurm.gpus_per_node=0")
+    result = submit_json(
+        "-c",
+        CONFIGS / "bfcl_stub.yaml",
+        "--output-dir",
+        tmp_path,
+        "execution.type=hpc_eval",
+        "+execution.runtime=docker",
+        "slurm.gpus_per_node=0",
+    )
     job_id, eval_dir = only_task(result)
     assert wait_for_state(job_id) == "COMPLETED", summary_of(eval_dir)
     (task,) = summary_of(eval_dir)["tasks"].values()
@@ -148,8 +169,12 @@ def test_generic_server_container_gets_exactly_the_jobs_gpu(tmp_path, monkeypatc
 def test_scancel_removes_server_and_client_containers_within_the_budget(tmp_path, monkeypatch, real_docker):
     logs = tmp_path / "server-log"
     logs.mkdir()
-    job_id, eval_dir, _ = submit_generic(tmp_path, "+deployment.env_vars.DELAY_S=lit:5",
-                                         "+deployment.env_vars.LOG=lit:/log/requests.jsonl", mounts={str(logs): "/log"})
+    job_id, eval_dir, _ = submit_generic(
+        tmp_path,
+        "+deployment.env_vars.DELAY_S=lit:5",
+        "+deployment.env_vars.LOG=lit:/log/requests.jsonl",
+        mounts={str(logs): "/log"},
+    )
     deadline = time.monotonic() + 120
     while not ((logs / "requests.jsonl").exists() and '"POST"' in (logs / "requests.jsonl").read_text()):
         assert time.monotonic() < deadline, "the evaluation never reached the model server"
@@ -170,8 +195,9 @@ def test_scancel_removes_server_and_client_containers_within_the_budget(tmp_path
 def test_server_bound_to_localhost_is_unreachable_and_the_user_is_told(tmp_path, monkeypatch, real_docker):
     """On docker's bridge network, -p PORT:PORT forwards to the container's own address: a server
     on 127.0.0.1 inside it never answers the readiness check."""
-    job_id, eval_dir, port = submit_generic(tmp_path, "deployment.env_vars.BIND=lit:127.0.0.1",
-                                            "execution.endpoint_readiness_timeout=8")
+    job_id, eval_dir, port = submit_generic(
+        tmp_path, "deployment.env_vars.BIND=lit:127.0.0.1", "execution.endpoint_readiness_timeout=8"
+    )
     assert wait_for_state(job_id, timeout=120) == "FAILED"
     summary = summary_of(eval_dir)
     assert "did not answer 200 within 8s" in summary["reason"]
@@ -184,12 +210,15 @@ def test_server_bound_to_localhost_is_unreachable_and_the_user_is_told(tmp_path,
 @pytest.mark.slow
 def test_missing_server_image_fails_at_once_with_its_reason(tmp_path, monkeypatch, real_docker):
     started = time.monotonic()
-    job_id, eval_dir, _ = submit_generic(tmp_path, "deployment.image=local/no-such-server:1",
-                                         "execution.endpoint_readiness_timeout=600")
+    job_id, eval_dir, _ = submit_generic(
+        tmp_path, "deployment.image=local/no-such-server:1", "execution.endpoint_readiness_timeout=600"
+    )
     assert wait_for_state(job_id, timeout=120) == "FAILED"
     assert time.monotonic() - started < 120  # not the 600 s readiness timeout
     task_dir = task_dir_of(eval_dir)
-    assert "Unable to find image 'local/no-such-server:1' locally" in (task_dir / "logs" / "server_stdout.log").read_text()
+    assert (
+        "Unable to find image 'local/no-such-server:1' locally" in (task_dir / "logs" / "server_stdout.log").read_text()
+    )
     assert "the server process exited before it was ready" in summary_of(eval_dir)["reason"]
     assert real_docker.containers_using(tmp_path) == {}
 
@@ -214,23 +243,56 @@ def test_a_docker_group_user_gets_results_it_can_read_and_delete(tmp_path, start
     home = Path(docker_group_user.pw_dir) / f"test-{os.getpid()}-{time.time_ns()}"  # pytest's tmp_path is root's, 0700
     home.mkdir()
     os.chown(home, docker_group_user.pw_uid, docker_group_user.pw_gid)
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "DOCKER_HOST": real_docker.host, "STUB_URL": stub.url,
-           "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0", "NEMO_EVALUATOR_EXEC_DB_FILE": str(home / "exec-db.jsonl"),
-           "XDG_CACHE_HOME": str(home / "cache")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "DOCKER_HOST": real_docker.host,
+        "STUB_URL": stub.url,
+        "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
+        "NEMO_EVALUATOR_EXEC_DB_FILE": str(home / "exec-db.jsonl"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
     as_user = ["runuser", "-u", UNPRIVILEGED, "--"]  # with its groups (docker), as a Slurm job gets them
     hpc_eval_bin = str(Path(sys.executable).parent / "hpc-eval")  # the tests' own venv
-    if subprocess.run([*as_user, sys.executable, "-c", "import hpc_eval"], env=env, cwd=home, capture_output=True).returncode:
-        pytest.skip(f"{UNPRIVILEGED} cannot run {sys.executable} (a venv on an interpreter under /root?): "
-                    "make .venv from /usr/bin/python3, as scripts/setup.sh does on CI")
+    if subprocess.run(
+        [*as_user, sys.executable, "-c", "import hpc_eval"], env=env, cwd=home, capture_output=True
+    ).returncode:
+        pytest.skip(
+            f"{UNPRIVILEGED} cannot run {sys.executable} (a venv on an interpreter under /root?): "
+            "make .venv from /usr/bin/python3, as scripts/setup.sh does on CI"
+        )
     out = home / "out"
-    submitted = subprocess.run([*as_user, hpc_eval_bin, "submit", "-c", str(CONFIGS / "bfcl_stub.yaml"), "--output-dir", str(out),
-                                "execution.type=hpc_eval", "+execution.runtime=docker", "slurm.gpus_per_node=0", "--json"],
-                               env=env, cwd=home, capture_output=True, text=True, timeout=120)
+    submitted = subprocess.run(
+        [
+            *as_user,
+            hpc_eval_bin,
+            "submit",
+            "-c",
+            str(CONFIGS / "bfcl_stub.yaml"),
+            "--output-dir",
+            str(out),
+            "execution.type=hpc_eval",
+            "+execution.runtime=docker",
+            "slurm.gpus_per_node=0",
+            "--json",
+        ],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id, eval_dir = only_task(json.loads(submitted.stdout))
     assert wait_for_state(job_id) == "COMPLETED", summary_of(eval_dir)
-    results = subprocess.run([*as_user, hpc_eval_bin, "results", str(out), "--format", "json", "--metric", SCORE],
-                             env=env, cwd=home, capture_output=True, text=True, timeout=60)
+    results = subprocess.run(
+        [*as_user, hpc_eval_bin, "results", str(out), "--format", "json", "--metric", SCORE],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert results.returncode == 0 and [row[SCORE] for row in json.loads(results.stdout)] == [25.0], results.stderr
     owners = {p.stat().st_uid for p in (task_dir_of(eval_dir) / "artifacts").rglob("*")}
     assert 0 in owners  # the container wrote as root: what a root-run test never notices

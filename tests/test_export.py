@@ -37,7 +37,9 @@ def score(step: int) -> float:
     return round(step / 1000 + 0.05, 3)
 
 
-def write_evaluation(output: Path, run_dir: Path, step: int, state: str = "COMPLETED", launcher: dict | None = None) -> Path:
+def write_evaluation(
+    output: Path, run_dir: Path, step: int, state: str = "COMPLETED", launcher: dict | None = None
+) -> Path:
     """One evaluation of `<run_dir>/iter_<step>` whose math score is score(step)."""
     checkpoint = run_dir / f"iter_{step:07d}"
     checkpoint.mkdir(parents=True, exist_ok=True)
@@ -49,12 +51,30 @@ def write_evaluation(output: Path, run_dir: Path, step: int, state: str = "COMPL
     text = (DATA / "results_math.yml").read_text()
     assert "value: 0.5\n" in text
     (task_dir / "artifacts" / "results.yml").write_text(text.replace("value: 0.5\n", f"value: {score(step)}\n"))
-    (eval_dir / "launcher_config.yaml").write_text(yaml.safe_dump(launcher or {"evaluation": {"tasks": [{"name": MATH}]}}))
-    write_json(eval_dir / "request.json", {
-        "checkpoint": str(checkpoint), "iteration": step, "run": "run", "run_dir": str(run_dir),
-        "checkpoint_realpath": str(checkpoint), "config_hash": CONFIG_HASH, "created_at": "2026-01-01T12:00:00+0000"})
-    write_json(eval_dir / "summary.json", {"state": state, "dry_run": False, "invocation_id": "0123456789abcdef",
-                                           "tasks": {f"{MATH}.0": task_outcome(task_dir)}})
+    (eval_dir / "launcher_config.yaml").write_text(
+        yaml.safe_dump(launcher or {"evaluation": {"tasks": [{"name": MATH}]}})
+    )
+    write_json(
+        eval_dir / "request.json",
+        {
+            "checkpoint": str(checkpoint),
+            "iteration": step,
+            "run": "run",
+            "run_dir": str(run_dir),
+            "checkpoint_realpath": str(checkpoint),
+            "config_hash": CONFIG_HASH,
+            "created_at": "2026-01-01T12:00:00+0000",
+        },
+    )
+    write_json(
+        eval_dir / "summary.json",
+        {
+            "state": state,
+            "dry_run": False,
+            "invocation_id": "0123456789abcdef",
+            "tasks": {f"{MATH}.0": task_outcome(task_dir)},
+        },
+    )
     return eval_dir
 
 
@@ -80,8 +100,8 @@ def read_wandb_records(path: Path) -> list:
         if left < 7:  # a block's tail too short for a header is padding
             offset += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
-        pending += data[offset + 7:offset + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        pending += data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = wandb_internal_pb2.Record()
@@ -109,7 +129,10 @@ def wandb_points(wandb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def wandb_run_ids(wandb_dir: Path) -> set[str]:
     # offline-run-<date>_<time>-<run id>[-<n> when two runs start in the same second]
-    return {re.match(r"offline-run-\d{8}_\d{6}-(.+?)(-\d+)?$", path.name).group(1) for path in wandb_dir.glob("wandb/offline-run-*")}
+    return {
+        re.match(r"offline-run-\d{8}_\d{6}-(.+?)(-\d+)?$", path.name).group(1)
+        for path in wandb_dir.glob("wandb/offline-run-*")
+    }
 
 
 def mlflow_points(uri: str) -> dict[str, list[tuple[int, float]]]:
@@ -117,8 +140,10 @@ def mlflow_points(uri: str) -> dict[str, list[tuple[int, float]]]:
     experiment = client.get_experiment_by_name("hpc-eval")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1, "one MLflow run per (training run, config hash)"
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
-            for key in runs[0].data.metrics}
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
+        for key in runs[0].data.metrics
+    }
 
 
 def test_three_checkpoints_out_of_order_land_at_their_steps_and_a_fourth_export_adds_nothing(tmp_path, offline):
@@ -162,8 +187,23 @@ def test_only_finished_evaluations_are_exported(tmp_path, offline):
 def test_cli_exports_to_both_and_names_the_experiment(tmp_path, offline):
     output, run_dir = tmp_path / "results", tmp_path / "train" / "checkpoints"
     write_evaluation(output, run_dir, 100)
-    result = CliRunner().invoke(main, ["export", str(output), "--to", "mlflow", "--to", "wandb",
-                                       "--project", "my-proj", "--name", "curve", "--tracking-uri", offline["uri"]])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(output),
+            "--to",
+            "mlflow",
+            "--to",
+            "wandb",
+            "--project",
+            "my-proj",
+            "--name",
+            "curve",
+            "--tracking-uri",
+            offline["uri"],
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "mlflow: 1 checkpoint(s)" in result.output and "wandb: 1 checkpoint(s)" in result.output
     client = mlflow.MlflowClient(tracking_uri=offline["uri"])
@@ -181,16 +221,25 @@ def test_cli_refuses_an_unknown_destination(tmp_path):
 def test_payload_hook_follows_auto_export_and_never_raises(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     output, run_dir = tmp_path / "results", tmp_path / "train" / "checkpoints"
-    launcher = {"evaluation": {"tasks": [{"name": MATH}]},
-                "execution": {"auto_export": {"destinations": ["mlflow"]}},
-                "export": {"mlflow": {"tracking_uri": offline["uri"], "experiment_name": "hpc-eval"}}}
+    launcher = {
+        "evaluation": {"tasks": [{"name": MATH}]},
+        "execution": {"auto_export": {"destinations": ["mlflow"]}},
+        "export": {"mlflow": {"tracking_uri": offline["uri"], "experiment_name": "hpc-eval"}},
+    }
     eval_dir = write_evaluation(output, run_dir, 100, launcher=launcher)
     assert export_finished(eval_dir) == {"destinations": ["mlflow"], "logged": {"mlflow": 1}}
     assert mlflow_points(offline["uri"]) == {MATH_METRIC: [(100, score(100))]}
 
     (tmp_path / "a-file").write_text("")
-    broken = write_evaluation(tmp_path / "other", run_dir, 200, launcher={  # a store MLflow cannot create
-        **launcher, "export": {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'a-file' / 'x.db'}"}}})
+    broken = write_evaluation(
+        tmp_path / "other",
+        run_dir,
+        200,
+        launcher={  # a store MLflow cannot create
+            **launcher,
+            "export": {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'a-file' / 'x.db'}"}},
+        },
+    )
     outcome = export_finished(broken)
     assert outcome["destinations"] == ["mlflow"] and outcome["error"]
 
@@ -218,7 +267,9 @@ def test_a_real_evaluation_reaches_mlflow_and_the_launchers_own_tools(tmp_path, 
     monkeypatch.setenv("STUB_URL", start_stub(reply="[calculate_triangle_area(base=10, height=5)]").url)
     run = make_run(tmp_path / "train" / "checkpoints", [100])
     out = tmp_path / "out"
-    (task,) = submit_json("-c", CONFIGS / "bfcl_host.yaml", "--checkpoint", run, "--all", "--output-dir", out)["jobs"][0]["tasks"]
+    (task,) = submit_json("-c", CONFIGS / "bfcl_host.yaml", "--checkpoint", run, "--all", "--output-dir", out)["jobs"][
+        0
+    ]["tasks"]
     assert wait_for_state(task["slurm_job_id"]) == "COMPLETED"
 
     (row,) = json.loads(hpc_eval("status", out, "--json").output)
@@ -231,8 +282,12 @@ def test_a_real_evaluation_reaches_mlflow_and_the_launchers_own_tools(tmp_path, 
     points = mlflow_points(offline["uri"])
     assert points["bfcl/python_simple_ast_non_live"] == [(100, 25.0)]  # the score the stub's answers earn
 
-    env = dict(os.environ, HOME=str(tmp_path), NEMO_EVALUATOR_TELEMETRY_LEVEL="0",
-               NEMO_EVALUATOR_EXEC_DB_FILE=str(eval_dir / "launcher-state" / "exec-db" / "exec.v1.jsonl"))
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path),
+        NEMO_EVALUATOR_TELEMETRY_LEVEL="0",
+        NEMO_EVALUATOR_EXEC_DB_FILE=str(eval_dir / "launcher-state" / "exec-db" / "exec.v1.jsonl"),
+    )
     nel = str(Path(sys.executable).parent / "nel")
 
     def run_nel(*args: str) -> subprocess.CompletedProcess:
@@ -240,7 +295,9 @@ def test_a_real_evaluation_reaches_mlflow_and_the_launchers_own_tools(tmp_path, 
 
     plain = json.loads(run_nel(nel, "status", invocation, "--json").stdout)
     assert "Executor hpc_eval not found" in plain[0]["data"]["error"]  # why the README gives python -m hpc_eval.nel
-    ours = json.loads(run_nel(sys.executable, "-m", "hpc_eval.nel", str(eval_dir), "status", invocation, "--json").stdout)
+    ours = json.loads(
+        run_nel(sys.executable, "-m", "hpc_eval.nel", str(eval_dir), "status", invocation, "--json").stdout
+    )
     assert [(job["job_id"], job["status"]) for job in ours] == [(f"{invocation}.0", "success")]
     exported = run_nel(nel, "export", invocation, "--dest", "local", "--output-dir", str(tmp_path / "nel-export"))
     assert exported.returncode == 0, exported.stderr

@@ -40,7 +40,9 @@ def unprivileged():
     try:
         pwd.getpwnam(USER)
     except KeyError:
-        done = subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], capture_output=True, text=True)
+        done = subprocess.run(
+            ["useradd", "--no-create-home", "--shell", "/bin/sh", USER], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot create an unprivileged user: {done.stderr.strip()}")
     scratch = Path(tempfile.mkdtemp(prefix="hpc-eval-faults-"))
@@ -82,7 +84,7 @@ def as_user(user: str, *args, home: Path) -> subprocess.CompletedProcess:
     warm = hpc_eval("submit", *DRY_KEY, "--checkpoint", make_run(home / "warm", [1]) / "iter_0000001", "--dry-run")
     assert warm.exit_code == 0, warm.output
     report = home / f"report-{len(list(home.iterdir()))}.json"
-    report.write_text("[99, \"\", \"the child wrote no report\"]")
+    report.write_text('[99, "", "the child wrote no report"]')
     shutil.chown(report, user)
     (home / "home").mkdir(exist_ok=True)
     shutil.chown(home / "home", user)
@@ -94,10 +96,16 @@ def as_user(user: str, *args, home: Path) -> subprocess.CompletedProcess:
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
             mine = home / "home"  # made by the parent, owned by the user
-            os.environ.update(HOME=str(mine), XDG_CACHE_HOME=str(mine / "cache"), NEMO_EVALUATOR_EXEC_DB_FILE=str(mine / "exec-db"))
+            os.environ.update(
+                HOME=str(mine), XDG_CACHE_HOME=str(mine / "cache"), NEMO_EVALUATOR_EXEC_DB_FILE=str(mine / "exec-db")
+            )
             os.chdir(mine)
             result = CliRunner().invoke(main, [str(arg) for arg in args])
-            trace = "".join(__import__("traceback").format_exception(*result.exc_info)) if result.exception and not isinstance(result.exception, SystemExit) else ""
+            trace = (
+                "".join(__import__("traceback").format_exception(*result.exc_info))
+                if result.exception and not isinstance(result.exception, SystemExit)
+                else ""
+            )
             report.write_text(json.dumps([result.exit_code, result.stdout, result.stderr + trace]))
         except BaseException as error:
             report.write_text(json.dumps([98, "", repr(error)]))
@@ -111,13 +119,32 @@ def as_user(user: str, *args, home: Path) -> subprocess.CompletedProcess:
 def test_submit_all_skips_a_symlink_loop_and_an_unreadable_checkpoint_and_goes_on(unprivileged):
     user, scratch = unprivileged
     run = broken_run(scratch)
-    result = as_user(user, "submit", *DRY_KEY, "--checkpoint", run, "--all", "--output-dir", scratch / "out", "--dry-run",
-                     home=scratch)
+    result = as_user(
+        user,
+        "submit",
+        *DRY_KEY,
+        "--checkpoint",
+        run,
+        "--all",
+        "--output-dir",
+        scratch / "out",
+        "--dry-run",
+        home=scratch,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert f"skip (invalid): {run / 'iter_0000200'}: cannot read {run / 'iter_0000200'}: permission denied; ask its owner for read access (chmod -R a+rX)" in lines, lines
-    assert f"skip (invalid): {run / 'iter_0000300'}: cannot read {run / 'iter_0000300'}: Too many levels of symbolic links" in lines, lines
-    assert f"submit: {run / 'iter_0000100'}" in lines and "dry run: would submit 1 evaluation(s); nothing submitted" in lines, lines
+    assert (
+        f"skip (invalid): {run / 'iter_0000200'}: cannot read {run / 'iter_0000200'}: permission denied; ask its owner for read access (chmod -R a+rX)"
+        in lines
+    ), lines
+    assert (
+        f"skip (invalid): {run / 'iter_0000300'}: cannot read {run / 'iter_0000300'}: Too many levels of symbolic links"
+        in lines
+    ), lines
+    assert (
+        f"submit: {run / 'iter_0000100'}" in lines
+        and "dry run: would submit 1 evaluation(s); nothing submitted" in lines
+    ), lines
 
 
 def test_watch_skips_a_symlink_loop_and_an_unreadable_checkpoint_and_submits_the_rest(unprivileged):
@@ -131,8 +158,13 @@ def test_watch_skips_a_symlink_loop_and_an_unreadable_checkpoint_and_submits_the
     acted = {step: (verb, detail) for verb, step, _, detail in actions(result.stdout)}
     assert acted[100][0] == "submitted", result.stdout
     # left for the next pass (a chmod or a fixed link makes them valid), each with its reason
-    assert acted[200] == ("waiting", f"cannot read {run / 'iter_0000200'}: permission denied; ask its owner for read access (chmod -R a+rX)")
-    assert acted[300] == ("waiting", f"cannot read {run / 'iter_0000300'}: Too many levels of symbolic links"), result.stdout
+    assert acted[200] == (
+        "waiting",
+        f"cannot read {run / 'iter_0000200'}: permission denied; ask its owner for read access (chmod -R a+rX)",
+    )
+    assert acted[300] == ("waiting", f"cannot read {run / 'iter_0000300'}: Too many levels of symbolic links"), (
+        result.stdout
+    )
 
 
 def test_a_run_dir_watch_cannot_read_is_one_skipped_line_and_the_other_runs_go_on(unprivileged):
@@ -145,10 +177,15 @@ def test_a_run_dir_watch_cannot_read_is_one_skipped_line_and_the_other_runs_go_o
     out = scratch / "out"
     out.mkdir()
     shutil.chown(out, user)
-    result = as_user(user, "watch", good, hidden, *DRY_KEY, HOLD, "--output-dir", out, "--quiet-seconds", 0, home=scratch)
+    result = as_user(
+        user, "watch", good, hidden, *DRY_KEY, HOLD, "--output-dir", out, "--quiet-seconds", 0, home=scratch
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
-    assert re.search(rf"^skipped\s+hidden None  {re.escape(str(hidden))}  cannot read the run dir: .*Permission denied$",
-                     result.stdout, re.M), result.stdout
+    assert re.search(
+        rf"^skipped\s+hidden None  {re.escape(str(hidden))}  cannot read the run dir: .*Permission denied$",
+        result.stdout,
+        re.M,
+    ), result.stdout
     verbs = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith("pass:")]
     assert sorted(verbs) == ["skipped", "submitted"], result.stdout
 
@@ -165,8 +202,14 @@ def test_a_job_whose_record_cannot_be_written_is_cancelled_and_the_claim_release
     (evaluation / f".slurm.json.{os.getpid()}.tmp").mkdir()  # where this process writes slurm.json next: it cannot
     retried = watch(run, out, "--retry-failed", HOLD)
     assert retried.exit_code == 1 and "Traceback" not in retried.output, retried.output
-    match = re.search(r"could not record job (\d+): .*Is a directory; cancelled it so that nothing runs unrecorded", retried.output)
+    match = re.search(
+        r"could not record job (\d+): .*Is a directory; cancelled it so that nothing runs unrecorded", retried.output
+    )
     assert match, retried.output
-    assert wait_for_state(match.group(1), {"CANCELLED"}, timeout=60) == "CANCELLED" and sacct_state(first) == "CANCELLED"
+    assert (
+        wait_for_state(match.group(1), {"CANCELLED"}, timeout=60) == "CANCELLED" and sacct_state(first) == "CANCELLED"
+    )
     assert len((evaluation / "slurm.json").read_text().splitlines()) == 1
-    assert not any(path.name.startswith(".attempt-") for path in evaluation.iterdir())  # released: the next pass may retry
+    assert not any(
+        path.name.startswith(".attempt-") for path in evaluation.iterdir()
+    )  # released: the next pass may retry

@@ -60,8 +60,12 @@ def test_a_torn_record_and_a_garbage_summary_are_reported_and_the_rest_goes_on(t
     rows, warnings = status_rows(out)
     assert {rows[str(path)]["state"] for path in (torn, garbage, good)} == {"PENDING"}, rows
     lines = [line for line in warnings.splitlines() if line.startswith("warning:")]
-    assert len(lines) == 2 and lines[0] == f"warning: {torn / 'slurm.json'}: line 2 is not a submission record; skipped", warnings
-    assert lines[1].startswith(f"warning: {garbage / 'summary.json'}: not valid JSON (") and lines[1].endswith("; skipped"), warnings
+    assert (
+        len(lines) == 2 and lines[0] == f"warning: {torn / 'slurm.json'}: line 2 is not a submission record; skipped"
+    ), warnings
+    assert lines[1].startswith(f"warning: {garbage / 'summary.json'}: not valid JSON (") and lines[1].endswith(
+        "; skipped"
+    ), warnings
     passed = watch(run, out)
     assert passed.exit_code == 0 and "Traceback" not in passed.output and actions(passed.output) == [], passed.output
     results = hpc_eval("results", out, "--format", "json")
@@ -85,8 +89,9 @@ def sacct_lines(job: str, want: str) -> list[str]:
     deadline, lines = time.monotonic() + 60, []
     while want not in " ".join(lines) and time.monotonic() < deadline:
         time.sleep(0.5)
-        lines = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State", "-j", job],
-                               capture_output=True, text=True).stdout.splitlines()
+        lines = subprocess.run(
+            ["sacct", "-X", "-P", "-n", "-o", "JobID,State", "-j", job], capture_output=True, text=True
+        ).stdout.splitlines()
     return lines
 
 
@@ -105,17 +110,27 @@ def test_a_cancelled_array_folded_by_sacct_shows_cancelled_per_task_and_watch_sa
     subprocess.run(["scontrol", "release", f"{job}_0"], check=True)  # task 0 gets a record of its own
     subprocess.run(["scancel", job], check=True)
     lines = sacct_lines(job, f"{job}_[1-2%3]|CANCELLED")
-    assert f"{job}_[1-2%3]|CANCELLED by 0" in lines, lines  # what this test is about: Slurm folds the tasks never started
+    assert f"{job}_[1-2%3]|CANCELLED by 0" in lines, (
+        lines
+    )  # what this test is about: Slurm folds the tasks never started
     rows, _ = status_rows(out)
     assert [rows[str(path)]["state"] for path in evals][1:] == ["CANCELLED"] * 2, rows
     assert rows[str(evals[0])]["state"] in ("CANCELLED", "COMPLETED"), rows  # task 0 may have finished first
     passed = watch(run, out)
     assert passed.exit_code == 0, passed.output
-    assert sorted((verb, step) for verb, step, _, _ in actions(passed.output)) == [("skipped", 100), ("skipped", 200), ("skipped", 300)]
-    assert all("ended CANCELLED" in detail and "--retry-failed" in detail for *_, detail in actions(passed.output)), passed.output
+    assert sorted((verb, step) for verb, step, _, _ in actions(passed.output)) == [
+        ("skipped", 100),
+        ("skipped", 200),
+        ("skipped", 300),
+    ]
+    assert all("ended CANCELLED" in detail and "--retry-failed" in detail for *_, detail in actions(passed.output)), (
+        passed.output
+    )
     assert actions(watch(run, out, "--quiet").output) == []
     retried = watch(run, out, "--retry-failed", HOLD)
-    assert sorted(step for verb, step, _, _ in actions(retried.output) if verb == "resubmitted") == [100, 200, 300], retried.output
+    assert sorted(step for verb, step, _, _ in actions(retried.output) if verb == "resubmitted") == [100, 200, 300], (
+        retried.output
+    )
 
 
 def test_a_job_slurm_never_had_is_lost_and_watch_submits_it_again(tmp_path):
@@ -130,7 +145,9 @@ def test_a_job_slurm_never_had_is_lost_and_watch_submits_it_again(tmp_path):
     assert "LOST" in table.output, table.output
     passed = watch(run, out, HOLD)
     [(verb, step, where, detail)] = actions(passed.output)
-    assert (verb, step, where) == ("resubmitted", 100, str(evaluation)) and "Slurm no longer knows" in detail, passed.output
+    assert (verb, step, where) == ("resubmitted", 100, str(evaluation)) and "Slurm no longer knows" in detail, (
+        passed.output
+    )
     rows, _ = status_rows(out)
     assert rows[str(evaluation)]["state"] == "PENDING" and rows[str(evaluation)]["attempts"] == 2, rows
 
@@ -138,8 +155,12 @@ def test_a_job_slurm_never_had_is_lost_and_watch_submits_it_again(tmp_path):
 def test_a_recorded_id_that_now_names_another_job_is_not_trusted(tmp_path):
     run, out, [evaluation] = held_evaluations(tmp_path, [100])
     subprocess.run(["scancel", json.loads((evaluation / "slurm.json").read_text())["slurm_job_id"]], check=True)
-    other = subprocess.run(["sbatch", "--parsable", "--hold", "-J", "someone-else", "-o", str(tmp_path / "other.out"),
-                            "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(
+        ["sbatch", "--parsable", "--hold", "-J", "someone-else", "-o", str(tmp_path / "other.out"), "--wrap", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     rewrite_record(evaluation, slurm_job_id=other, submitted_at=long_ago())
     rows, _ = status_rows(out)
     assert rows[str(evaluation)]["state"] == "LOST", rows  # not PENDING: that is someone-else's job

@@ -46,8 +46,16 @@ def one_checkpoint(tmp_path: Path) -> Path:
 
 def test_sbatch_refusing_a_value_releases_the_claim_and_the_same_submit_then_submits(tmp_path, count_sbatch):
     checkpoint, out = one_checkpoint(tmp_path), tmp_path / "out"
-    refused = hpc_eval("submit", *DRY_KEY, HOLD, "+slurm.additional_parameters.begin=bogus", "--checkpoint", checkpoint,
-                       "--output-dir", out)
+    refused = hpc_eval(
+        "submit",
+        *DRY_KEY,
+        HOLD,
+        "+slurm.additional_parameters.begin=bogus",
+        "--checkpoint",
+        checkpoint,
+        "--output-dir",
+        out,
+    )
     assert refused.exit_code == 1, refused.output
     assert len(error_lines(refused.output)) == 1 and "Invalid --begin" in refused.output, refused.output
     assert "Traceback" not in refused.output and claimed(out) == [] and count_sbatch.count() == 1
@@ -61,7 +69,8 @@ def test_a_partition_typo_is_refused_before_anything_is_claimed(tmp_path, count_
     typo = hpc_eval("submit", *DRY_KEY, HOLD, "slurm.partition=gpux", "--checkpoint", checkpoint, "--output-dir", out)
     assert typo.exit_code == 2, typo.output
     assert error_lines(typo.output) == [
-        "Error: slurm.partition=gpux: no such partition on this cluster (it has debug, gpu); set slurm.partition"], typo.output
+        "Error: slurm.partition=gpux: no such partition on this cluster (it has debug, gpu); set slurm.partition"
+    ], typo.output
     assert claimed(out) == [] and count_sbatch.count() == 0
     fixed = hpc_eval("submit", *DRY_KEY, HOLD, "slurm.partition=gpu", "--checkpoint", checkpoint, "--output-dir", out)
     assert fixed.exit_code == 0 and "submitted job" in fixed.output, fixed.output
@@ -71,8 +80,9 @@ def test_an_infeasible_request_is_exit_2_with_one_line_and_nothing_claimed(tmp_p
     checkpoint, out = one_checkpoint(tmp_path), tmp_path / "out"
     result = hpc_eval("submit", *DRY_KEY, "slurm.cpus_per_task=64", "--checkpoint", checkpoint, "--output-dir", out)
     assert result.exit_code == 2, result.output
-    assert error_lines(result.output) == ["Error: slurm.cpus_per_task=64 but the largest node of partition debug has 8 CPUs;"
-                                          " set slurm.cpus_per_task"], result.output
+    assert error_lines(result.output) == [
+        "Error: slurm.cpus_per_task=64 but the largest node of partition debug has 8 CPUs; set slurm.cpus_per_task"
+    ], result.output
     assert claimed(out) == [] and count_sbatch.count() == 0
     watched = watch(checkpoint.parent, out, "slurm.cpus_per_task=64")
     assert watched.exit_code == 2 and len(error_lines(watched.output)) == 1 and claimed(out) == [], watched.output
@@ -81,7 +91,9 @@ def test_an_infeasible_request_is_exit_2_with_one_line_and_nothing_claimed(tmp_p
 def test_an_unreachable_controller_claims_nothing_and_submit_then_watch_submits(tmp_path, monkeypatch, count_sbatch):
     checkpoint, out = one_checkpoint(tmp_path), tmp_path / "out"
     conf = tmp_path / "slurm.conf"
-    lines = [line for line in Path("/etc/slurm/slurm.conf").read_text().splitlines() if not line.startswith("SlurmctldPort")]
+    lines = [
+        line for line in Path("/etc/slurm/slurm.conf").read_text().splitlines() if not line.startswith("SlurmctldPort")
+    ]
     conf.write_text("\n".join(lines + ["SlurmctldPort=9"]) + "\n")  # nothing listens there
     monkeypatch.setenv("SLURM_CONF", str(conf))
     started = time.monotonic()
@@ -106,8 +118,10 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
         [line] = error_lines(result.output)
         assert str(afile) in line and "is a file" in line, line
     override = hpc_eval("submit", *DRY_KEY, "--checkpoint", checkpoint, f"output_dir={afile / 'sub'}")
-    assert error_lines(override.output) == [f"Error: output_dir {afile / 'sub'}: {afile} is a file, not a directory; "
-                                            "set output_dir (config key, override or --output-dir) to a directory"]
+    assert error_lines(override.output) == [
+        f"Error: output_dir {afile / 'sub'}: {afile} is a file, not a directory; "
+        "set output_dir (config key, override or --output-dir) to a directory"
+    ]
     assert hpc_eval("watch", checkpoint.parent, *DRY_KEY, f"output_dir={afile}").exit_code == 2
     assert afile.read_text() == "x"
 
@@ -116,7 +130,9 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
 def small_tmpfs(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount

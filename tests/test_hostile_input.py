@@ -27,7 +27,9 @@ def test_deep_yaml_is_one_line_not_a_recursion_error(tmp_path, depth):
     assert result.exit_code == 2, result.output
     (line,) = error_lines(result)
     # our limit; past 1000 levels libyaml's own stops the parse first, also as one line
-    expected = "1: nested deeper than 100 levels" if depth < 1000 else "YAML syntax error: exceeded maximum nesting depth"
+    expected = (
+        "1: nested deeper than 100 levels" if depth < 1000 else "YAML syntax error: exceeded maximum nesting depth"
+    )
     assert line.startswith(f"Error: {config}:") and expected in line, line
 
 
@@ -37,9 +39,11 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path):
     lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
     config = tmp_path / "bomb.yaml"
     config.write_text("\n".join(lines) + "\n")
-    code = ("import resource, sys; from click.testing import CliRunner; from hpc_eval.cli import main; "
-            f"r = CliRunner().invoke(main, ['config', 'show', '-c', {str(config)!r}]); print(r.output, end=''); "
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(r.exit_code)")
+    code = (
+        "import resource, sys; from click.testing import CliRunner; from hpc_eval.cli import main; "
+        f"r = CliRunner().invoke(main, ['config', 'show', '-c', {str(config)!r}]); print(r.output, end=''); "
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(r.exit_code)"
+    )
     start = time.monotonic()
     done = subprocess.run([sys_executable(), "-c", code], capture_output=True, text=True, timeout=60)
     took = time.monotonic() - start
@@ -60,9 +64,12 @@ def test_every_unset_variable_is_its_own_line(tmp_path, monkeypatch):
     monkeypatch.delenv("HOSTILE_UNSET_A", raising=False)
     monkeypatch.delenv("HOSTILE_UNSET_B", raising=False)
     config = tmp_path / "env.yaml"
-    config.write_text((CONFIGS / "bfcl_host.yaml").read_text()
-                      .replace("${oc.env:STUB_URL}", "${oc.env:HOSTILE_UNSET_A}")
-                      .replace("model_id: fake-model", "model_id: ${oc.env:HOSTILE_UNSET_B}"))
+    config.write_text(
+        (CONFIGS / "bfcl_host.yaml")
+        .read_text()
+        .replace("${oc.env:STUB_URL}", "${oc.env:HOSTILE_UNSET_A}")
+        .replace("model_id: fake-model", "model_id: ${oc.env:HOSTILE_UNSET_B}")
+    )
     result = hpc_eval("config", "show", "-c", config)
     assert result.exit_code == 2
     assert error_lines(result) == [
@@ -86,7 +93,11 @@ def test_line_breaks_are_refused_before_anything_is_claimed(tmp_path, monkeypatc
         args += ["-t", "bfcl.bfclv3_ast_prompting\nx"]
     elif where == "task":  # a task name in the config file
         config = tmp_path / "task.yaml"
-        config.write_text((CONFIGS / "bfcl_host.yaml").read_text().replace("name: bfcl.bfclv3_ast_prompting", 'name: "bfcl.bfclv3_ast_prompting\\nx"'))
+        config.write_text(
+            (CONFIGS / "bfcl_host.yaml")
+            .read_text()
+            .replace("name: bfcl.bfclv3_ast_prompting", 'name: "bfcl.bfclv3_ast_prompting\\nx"')
+        )
         args[2] = config
     else:
         run = make_run(tmp_path / "bad\nrun" / "checkpoints", [100])
@@ -110,8 +121,12 @@ def test_follow_up_commands_are_shell_quoted(tmp_path):
     assert shlex.split(commands["logs_command"]) == ["hpc-eval", "logs", str(evaluation.paths.root)]
     assert shlex.split(commands["results_command"]) == ["hpc-eval", "results", str(output_dir)]
     # and a shell runs it with the path as one argument, nothing substituted
-    echoed = subprocess.run(["bash", "-c", commands["status_command"].replace("hpc-eval", "printf %s", 1)],
-                            cwd=tmp_path, capture_output=True, text=True).stdout
+    echoed = subprocess.run(
+        ["bash", "-c", commands["status_command"].replace("hpc-eval", "printf %s", 1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert echoed == f"status{output_dir}" and not (tmp_path / "CANARY").exists()
 
 
@@ -132,9 +147,15 @@ def test_every_runtime_passes_a_hostile_checkpoint_path_as_one_word(tmp_path, ru
     checkpoint.mkdir(parents=True)
     launcher = {
         "execution": {"type": "hpc_eval", "output_dir": str(tmp_path / HOSTILE / "out"), "mode": "sequential"},
-        "deployment": {"type": "generic", "image": "nvcr.io/nvidia/nemo:25.11", "port": 8000, "served_model_name": "m",
-                       "checkpoint_path": str(checkpoint), "command": "python serve.py --checkpoint /checkpoint --port 8000",
-                       "endpoints": {"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/v1/health"}},
+        "deployment": {
+            "type": "generic",
+            "image": "nvcr.io/nvidia/nemo:25.11",
+            "port": 8000,
+            "served_model_name": "m",
+            "checkpoint_path": str(checkpoint),
+            "command": "python serve.py --checkpoint /checkpoint --port 8000",
+            "endpoints": {"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/v1/health"},
+        },
         "target": {"api_endpoint": {}},
         "evaluation": {"tasks": [{"name": "bfcl.bfclv3_ast_prompting"}]},
     }
@@ -153,7 +174,9 @@ def test_watch_refuses_a_run_directory_with_a_line_break(tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_URL", "http://127.0.0.1:9")
     good = make_run(tmp_path / "good" / "checkpoints", [100])
     bad = make_run(tmp_path / "bad\nrun" / "checkpoints", [100])
-    result = hpc_eval("watch", good, bad, "-c", CONFIGS / "bfcl_host.yaml", "--output-dir", tmp_path / "evals", "--quiet-seconds", 0)
+    result = hpc_eval(
+        "watch", good, bad, "-c", CONFIGS / "bfcl_host.yaml", "--output-dir", tmp_path / "evals", "--quiet-seconds", 0
+    )
     assert result.exit_code == 2, result.output
     (line,) = error_lines(result)
     assert line.startswith("Error: run directory") and "contains a line break or NUL" in line

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slurm
 
 BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"  # right for 1 of the 4 `simple` samples
 SPELLINGS = "run é'\"\\ x"  # non-ASCII, both quotes, a backslash, spaces: escaped differently in JSON
-HOSTILE = "o'ut \"$(touch CANARY)\" é"
+HOSTILE = 'o\'ut "$(touch CANARY)" é'
 
 
 def only_evaluation(result: dict) -> tuple[str, Path]:
@@ -77,14 +77,20 @@ def test_hostile_output_dir_and_checkpoint_evaluate_with_no_injection(tmp_path, 
     out = tmp_path / HOSTILE / "evals"
     result = submit_json("-c", CONFIGS / "bfcl_host.yaml", "--checkpoint", run / "iter_0000100", "--output-dir", out)
     job_id, eval_dir = only_evaluation(result)
-    assert wait_for_state(job_id) == "COMPLETED", (eval_dir / "summary.json").read_text() if (eval_dir / "summary.json").exists() else ""
+    assert wait_for_state(job_id) == "COMPLETED", (
+        (eval_dir / "summary.json").read_text() if (eval_dir / "summary.json").exists() else ""
+    )
     summary = read_summary(eval_dir)
     assert summary["state"] == "COMPLETED"
     (task,) = summary["tasks"].values()
     assert task["status"] == "success" and task["metrics"]["bfcl/python_simple_ast_non_live"] == 25.0, task
-    canaries = [path for path in tmp_path.rglob("CANARY")] + [path for path in (Path("/tmp"), Path.home()) if (path / "CANARY").exists()]
+    canaries = [path for path in tmp_path.rglob("CANARY")] + [
+        path for path in (Path("/tmp"), Path.home()) if (path / "CANARY").exists()
+    ]
     assert not canaries, canaries
-    assert not list(Path("/tmp").glob(f"hpc-eval-{os.getuid()}-{summary['invocation_id']}-*")), "safe aliases left behind"
+    assert not list(Path("/tmp").glob(f"hpc-eval-{os.getuid()}-{summary['invocation_id']}-*")), (
+        "safe aliases left behind"
+    )
 
 
 def start_slow_evaluation(tmp_path, monkeypatch, start_stub, *extra: str) -> tuple[str, Path, object]:
@@ -93,15 +99,21 @@ def start_slow_evaluation(tmp_path, monkeypatch, start_stub, *extra: str) -> tup
     monkeypatch.setenv("DELAY_FILE", str(delay_file))
     stub = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", stub.url)
-    return *only_evaluation(submit_json("-c", CONFIGS / "bfcl_host.yaml", "--output-dir", tmp_path / "out", *extra)), stub
+    return *only_evaluation(
+        submit_json("-c", CONFIGS / "bfcl_host.yaml", "--output-dir", tmp_path / "out", *extra)
+    ), stub
 
 
 @pytest.mark.slow
 def test_term_of_the_requeue_inside_submitits_handler_is_not_a_cancel(tmp_path, monkeypatch, start_stub):
     # `scontrol requeue` as submitit runs it, then 3 s more inside submitit's handler, when Slurm's TERM lands
-    put_first_on_path(monkeypatch, tmp_path, "scontrol",
-                      f"trap '' TERM\n{subprocess.check_output(['which', 'scontrol'], text=True).strip()} \"$@\"; rc=$?\n"
-                      "[ \"$1\" = requeue ] && sleep 3\nexit $rc\n")
+    put_first_on_path(
+        monkeypatch,
+        tmp_path,
+        "scontrol",
+        f"trap '' TERM\n{subprocess.check_output(['which', 'scontrol'], text=True).strip()} \"$@\"; rc=$?\n"
+        '[ "$1" = requeue ] && sleep 3\nexit $rc\n',
+    )
     job_id, eval_dir, _ = start_slow_evaluation(tmp_path, monkeypatch, start_stub)
     deadline = time.monotonic() + 120
     while not list(eval_dir.glob("*/*/logs/stage.running")):

@@ -62,8 +62,13 @@ def test_a_deleted_checkpoint_has_not_changed(tmp_path):
 
 
 def test_shared_labels_lists_runs_that_carry_one_name():
-    runs = [("run1", "/a/run1/checkpoints"), ("run1", "/b/run1/checkpoints"), ("run1", "/a/run1/checkpoints"),
-            ("solo", "/c/solo/checkpoints"), ("endpoint", None)]
+    runs = [
+        ("run1", "/a/run1/checkpoints"),
+        ("run1", "/b/run1/checkpoints"),
+        ("run1", "/a/run1/checkpoints"),
+        ("solo", "/c/solo/checkpoints"),
+        ("endpoint", None),
+    ]
     assert identity.shared_labels(runs) == {"run1": ["/a/run1/checkpoints", "/b/run1/checkpoints"]}
 
 
@@ -84,7 +89,9 @@ def test_find_existing_reads_other_labels_and_the_old_layout_only_for_the_same_c
 
     relabelled = eval_dir(out, "my-label", checkpoint, "cafe", fingerprint)  # submitted with --run my-label
     relabelled.mkdir(parents=True)
-    write_json(relabelled / "request.json", {"checkpoint": str(checkpoint), "run": "my-label", "fingerprint": fingerprint})
+    write_json(
+        relabelled / "request.json", {"checkpoint": str(checkpoint), "run": "my-label", "fingerprint": fingerprint}
+    )
     old.joinpath("request.json").unlink()
     assert find_existing(out, "run1", checkpoint, "cafe", fingerprint).root == relabelled
     new = eval_dir(out, "run1", checkpoint, "cafe", fingerprint)

@@ -64,8 +64,9 @@ def test_runs_that_share_a_name_are_both_evaluated_and_shown_apart(tmp_path, cou
     submitted = hpc_eval("submit", *DRY_KEY, "--checkpoint", first, "--all", "--output-dir", out)
     assert submitted.exit_code == 0 and "submitted array job" in submitted.output, submitted.output
 
-    preview = json.loads(hpc_eval("submit", *DRY_KEY, "--checkpoint", second, "--all", "--output-dir", out,
-                                  "--dry-run", "--json").stdout)
+    preview = json.loads(
+        hpc_eval("submit", *DRY_KEY, "--checkpoint", second, "--all", "--output-dir", out, "--dry-run", "--json").stdout
+    )
     assert [ev["action"] for ev in preview["evaluations"]] == ["submit", "submit"], preview["evaluations"]
     passed = watch(first, out, second)  # first's are in flight: left alone; second's are new
     assert passed.exit_code == 0 and steps(passed.output, "submitted") == [100, 200], passed.output
@@ -81,12 +82,14 @@ def test_runs_that_share_a_name_are_both_evaluated_and_shown_apart(tmp_path, cou
     labels = {first: f"run1-{run_hash(first)}", second: f"run1-{run_hash(second)}"}
     rows, notes = results_json(out)
     assert sorted((row["run"], row["iteration"]) for row in rows) == sorted(
-        (label, step) for label in labels.values() for step in (100, 200))
+        (label, step) for label in labels.values() for step in (100, 200)
+    )
     assert "2 training runs share the label 'run1'" in notes
     assert all(f"{label} = {run.resolve()}" in notes for run, label in labels.items()), notes
     statuses = status_json(out)
     assert sorted((row["run_dir"], row["iteration"], row["state"]) for row in statuses) == sorted(
-        (str(run.resolve()), step, "COMPLETED") for run in labels for step in (100, 200))
+        (str(run.resolve()), step, "COMPLETED") for run in labels for step in (100, 200)
+    )
     table = hpc_eval("status", out)
     assert sorted(line.split()[0] for line in table.stdout.splitlines()[1:]) == sorted(list(labels.values()) * 2)
     assert "share the label 'run1'" in table.stderr
@@ -120,7 +123,9 @@ def test_a_checkpoint_rewritten_in_place_is_evaluated_again_and_its_old_scores_a
 
     rewrite(run, 100)
     again = watch(run, out)
-    assert again.exit_code == 0 and [(verb, step) for verb, step, _, _ in actions(again.output)] == [("submitted", 100)], again.output
+    assert again.exit_code == 0 and [(verb, step) for verb, step, _, _ in actions(again.output)] == [
+        ("submitted", 100)
+    ], again.output
     ((_, _, new, _),) = actions(again.output)
     assert Path(new) != old and Path(new).parent == old.parent
     assert count_sbatch.count() == 2
@@ -141,7 +146,9 @@ def test_a_checkpoint_rewritten_in_place_is_evaluated_again_and_its_old_scores_a
 def test_the_payload_refuses_a_checkpoint_rewritten_between_submit_and_start(tmp_path):
     run = make_run(tmp_path / "train" / "checkpoints", [100])
     out = tmp_path / "out"
-    held = submit_json(*DRY_KEY, "+slurm.additional_parameters.hold=true", "--checkpoint", run / iter_name(100), "--output-dir", out)
+    held = submit_json(
+        *DRY_KEY, "+slurm.additional_parameters.hold=true", "--checkpoint", run / iter_name(100), "--output-dir", out
+    )
     (task,) = held["jobs"][0]["tasks"]
     try:
         rewrite(run, 100)
@@ -180,7 +187,8 @@ def test_an_output_dir_in_the_old_layout_still_shows_and_is_still_skipped(tmp_pa
     shutil.rmtree(out / f"train-{run_hash(run)}")
 
     assert sorted((row["eval_dir"], row["state"], row["run"]) for row in status_json(out)) == [
-        (str(old), "COMPLETED", "train") for old in old_dirs]
+        (str(old), "COMPLETED", "train") for old in old_dirs
+    ]
     rows, _ = results_json(out)
     assert [(row["run"], row["iteration"]) for row in rows] == [("train", 100), ("train", 200)]
     skipped = hpc_eval("submit", *DRY_KEY, "--checkpoint", run, "--all", "--output-dir", out)

@@ -25,10 +25,18 @@ def task(root: Path, name: str, *, exit_text: str | None = None, results: str | 
     return task_dir
 
 
-@pytest.mark.parametrize("text, code", [
-    ("2026-01-01T12:05:00Z 0\n", 0), ("2026-01-01T12:05:00Z 137", 137), ("0", 0), ("  3  \n", 3),
-    ("", None), ("2026-01-01T12:05:00Z", None), ("2026-01-01T12:05:00Z done", None),
-])
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("2026-01-01T12:05:00Z 0\n", 0),
+        ("2026-01-01T12:05:00Z 137", 137),
+        ("0", 0),
+        ("  3  \n", 3),
+        ("", None),
+        ("2026-01-01T12:05:00Z", None),
+        ("2026-01-01T12:05:00Z done", None),
+    ],
+)
 def test_read_stage_exit_forms(tmp_path, text, code):
     assert tree.read_stage_exit(task(tmp_path, "t.0", exit_text=text)) == code
 
@@ -40,18 +48,26 @@ def test_read_stage_exit_without_the_file_is_none(tmp_path):
 def test_read_metrics_names_task_metric_and_score():
     # `task/metric` where the score is named like the metric, else `task/metric/score`
     assert tree.read_metrics(DATA / "results_bfcl.yml") == {
-        "bfcl/live_overall_acc": 0.0, "bfcl/multi_turn_overall_acc": 0.0, "bfcl/non_live_overall_acc": 0.93,
-        "bfcl/python_simple_ast_non_live": 25.0}
+        "bfcl/live_overall_acc": 0.0,
+        "bfcl/multi_turn_overall_acc": 0.0,
+        "bfcl/non_live_overall_acc": 0.93,
+        "bfcl/python_simple_ast_non_live": 25.0,
+    }
     assert tree.read_metrics(DATA / "results_math.yml") == {"math_test_500_nemo/score/micro": 0.5}
 
 
 def test_task_outcome_success_failure_and_killed(tmp_path):
     ok = tree.task_outcome(task(tmp_path, "bfcl.0", exit_text="t 0\n", results="results_bfcl.yml"))
     assert ok["status"] == "success" and ok["exit_code"] == 0 and ok["metrics"]["bfcl/non_live_overall_acc"] == 0.93
-    failed = tree.task_outcome(task(tmp_path, "math.1", exit_text="t 2\n", results="results_math.yml",
-                                    log="a\n\nTraceback\nValueError: boom\n"))
+    failed = tree.task_outcome(
+        task(
+            tmp_path, "math.1", exit_text="t 2\n", results="results_math.yml", log="a\n\nTraceback\nValueError: boom\n"
+        )
+    )
     assert failed["status"] == "failed" and failed["metrics"] == {}  # a results.yml is trusted only after exit 0
-    assert failed["reason"].startswith("exit code 2; see ") and failed["reason"].endswith("client_stdout.log: a | Traceback | ValueError: boom")  # last 3 non-blank lines
+    assert failed["reason"].startswith("exit code 2; see ") and failed["reason"].endswith(
+        "client_stdout.log: a | Traceback | ValueError: boom"
+    )  # last 3 non-blank lines
     missing = tree.task_outcome(task(tmp_path, "math.2", exit_text="t 0\n"))
     assert missing["status"] == "failed" and missing["reason"].startswith("no artifacts/results.yml; see ")
     assert missing["reason"].endswith("(no client_stdout.log)")

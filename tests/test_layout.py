@@ -29,7 +29,9 @@ def package_imports(module: str) -> set[str]:
             names = [f"hpc_eval.{node.module}" if node.module else f"hpc_eval.{alias.name}" for alias in node.names]
         else:
             continue
-        found.update(name.split(".")[1] for name in names if name.startswith("hpc_eval.") and name.split(".")[1] in MODULES)
+        found.update(
+            name.split(".")[1] for name in names if name.startswith("hpc_eval.") and name.split(".")[1] in MODULES
+        )
     return found - {module}
 
 
@@ -47,7 +49,7 @@ def test_no_import_circle():
         state[module] = "open"
         for target in sorted(GRAPH[module]):
             if state.get(target) == "open":
-                circles.append(" -> ".join(path[path.index(target):] + [target]))
+                circles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[module] = "done"
@@ -59,7 +61,9 @@ def test_no_import_circle():
 
 
 def test_the_job_side_imports_nothing_of_the_login_side():
-    crossings = {module: sorted(GRAPH[module] & LOGIN_SIDE) for module in sorted(JOB_SIDE) if GRAPH[module] & LOGIN_SIDE}
+    crossings = {
+        module: sorted(GRAPH[module] & LOGIN_SIDE) for module in sorted(JOB_SIDE) if GRAPH[module] & LOGIN_SIDE
+    }
     assert crossings == {}
 
 

@@ -34,10 +34,16 @@ def sbatch_wait(cluster: MultiNodeCluster, script: str, tmp_path, *args: str) ->
 
 @on_multinode
 def test_two_node_job_runs_a_step_on_each_node_with_its_own_hostname_address_and_gpus(multinode_env, tmp_path):
-    out = sbatch_wait(multinode_env, """
+    out = sbatch_wait(
+        multinode_env,
+        """
 scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/^/nodelist /'
 srun --ntasks-per-node=1 bash -c 'echo "step $SLURM_PROCID $(hostname) $(hostname -I) gpus=$CUDA_VISIBLE_DEVICES"'
-""", tmp_path, "--nodes=2", "--gpus-per-node=2")
+""",
+        tmp_path,
+        "--nodes=2",
+        "--gpus-per-node=2",
+    )
     nodes = {node.name: node.address for node in multinode_env.nodes[:2]}
     assert [line.split()[1] for line in out.splitlines() if line.startswith("nodelist ")] == list(nodes), out
     steps = sorted(line.split()[1:] for line in out.splitlines() if line.startswith("step "))
@@ -65,12 +71,17 @@ except OSError as exc:
     print("loopback: refused")
 """
     (tmp_path / "client.py").write_text(client)
-    out = sbatch_wait(multinode_env, f"""
+    out = sbatch_wait(
+        multinode_env,
+        f"""
 cd {tmp_path}
 srun --nodes=1 --ntasks=1 -w node1 python3 -m http.server --bind 0.0.0.0 8731 2> server.log &
 srun --nodes=1 --ntasks=1 -w node2 python3 client.py
 kill %1
-""", tmp_path, "--nodes=2")
+""",
+        tmp_path,
+        "--nodes=2",
+    )
     assert "by address: from node1" in out and "by name: from node1" in out, out
     # 127.0.0.1 on node2 is node2's own: the server that runs only on node1 is not there
     assert "loopback: refused" in out, out
@@ -80,7 +91,9 @@ kill %1
 @on_multinode
 def test_scancel_of_a_two_node_job_leaves_no_process_on_either_node(multinode_env, tmp_path):
     script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/bash\nsrun --ntasks-per-node=1 bash -c 'touch {tmp_path}/up.$SLURM_NODEID; exec sleep 600'\n")
+    script.write_text(
+        f"#!/bin/bash\nsrun --ntasks-per-node=1 bash -c 'touch {tmp_path}/up.$SLURM_NODEID; exec sleep 600'\n"
+    )
     proc = multinode_env.slurm("sbatch", "--parsable", "--nodes=2", "-o", str(tmp_path / "job.out"), str(script))
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
@@ -106,9 +119,15 @@ def test_scancel_of_a_two_node_job_leaves_no_process_on_either_node(multinode_en
 def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, tmp_path):
     def where() -> dict:
         env = submitit.JobEnvironment()
-        return {"host": socket.gethostname(), "global_rank": env.global_rank, "num_tasks": env.num_tasks,
-                **{key: os.environ.get(key) for key in
-                   ("SLURM_PROCID", "SLURM_NODEID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")}}
+        return {
+            "host": socket.gethostname(),
+            "global_rank": env.global_rank,
+            "num_tasks": env.num_tasks,
+            **{
+                key: os.environ.get(key)
+                for key in ("SLURM_PROCID", "SLURM_NODEID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST")
+            },
+        }
 
     executor = submitit.SlurmExecutor(folder=tmp_path / "submitit")
     executor.update_parameters(nodes=2, ntasks_per_node=1, time=3, gpus_per_node=1)
@@ -116,7 +135,9 @@ def test_submitit_with_two_nodes_runs_the_function_once_per_node(multinode_env, 
     results = job.results()  # one result per task (submitit writes <id>_<task>_result.pkl for each)
 
     assert [(r["SLURM_PROCID"], r["SLURM_NODEID"], r["host"]) for r in results] == [
-        ("0", "0", "node1"), ("1", "1", "node2")], results
+        ("0", "0", "node1"),
+        ("1", "1", "node2"),
+    ], results
     assert all(r["SLURM_NTASKS"] == "2" and r["num_tasks"] == 2 and r["SLURM_LOCALID"] == "0" for r in results)
     assert all(r["SLURM_JOB_NODELIST"] == "node[1-2]" for r in results), results
     assert job.task(0).result() == results[0]
@@ -135,10 +156,18 @@ def test_multinode_fixture_skips_without_the_cluster_but_fails_in_ci(tmp_path, r
     """Run one multinode test in a child pytest that looks for the cluster in an empty state dir."""
     env = dict(os.environ, SLURM_MN_STATE=str(tmp_path / "none"), HPC_EVAL_REQUIRE_MULTINODE=require)
     target = f"{Path(__file__).name}::test_scancel_of_a_two_node_job_leaves_no_process_on_either_node"
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsE", "-p", "no:cacheprovider", target],
-                           cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=120)
-    assert "multi-node Slurm is not running: start it with `bash scripts/start-slurm.sh && " \
-           "bash scripts/start-slurm-multinode.sh`" in child.stdout, child.stdout
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rsE", "-p", "no:cacheprovider", target],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        "multi-node Slurm is not running: start it with `bash scripts/start-slurm.sh && "
+        "bash scripts/start-slurm-multinode.sh`" in child.stdout
+    ), child.stdout
     if require:
         assert child.returncode == 1 and "1 error" in child.stdout, child.stdout
     else:

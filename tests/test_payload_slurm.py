@@ -85,8 +85,13 @@ def test_failed_evaluation_fails_the_job_with_its_reason(tmp_path, bfcl_env, mon
     """The image is not on the node and cannot be pulled: one reason, at once, no hang."""
     monkeypatch.setenv("NEMO_EVALUATOR_TRUST_UNLISTED_TASKS", "1")  # a `container` override is unlisted
     started = time.monotonic()
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path,
-                         "+evaluation.tasks.0.container=local/no-such-image:1")
+    result = submit_json(
+        "-c",
+        CONFIGS / "bfcl_stub.yaml",
+        "--output-dir",
+        tmp_path,
+        "+evaluation.tasks.0.container=local/no-such-image:1",
+    )
     job_id, eval_dir = only_evaluation(result)
     assert wait_for_state(job_id, timeout=60) == "FAILED"
     assert time.monotonic() - started < 60
@@ -128,8 +133,15 @@ def test_scancel_leaves_no_process_behind(tmp_path, bfcl_env, monkeypatch, start
 def test_vanished_checkpoint_fails_with_its_own_reason(tmp_path, bfcl_env):
     run = make_run(tmp_path / "train" / "checkpoints", [100])
     checkpoint = run / "iter_0000100"
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", checkpoint, "--output-dir", tmp_path / "out",
-                         "+slurm.additional_parameters.hold=true")
+    result = submit_json(
+        "-c",
+        CONFIGS / "bfcl_stub.yaml",
+        "--checkpoint",
+        checkpoint,
+        "--output-dir",
+        tmp_path / "out",
+        "+slurm.additional_parameters.hold=true",
+    )
     job_id, eval_dir = only_evaluation(result)
     shutil.rmtree(checkpoint)  # training's retention deleted it while the job waited in the queue
     subprocess.run(["scontrol", "release", job_id], check=True)
@@ -146,8 +158,9 @@ def test_time_limit_requeues_and_resumes_the_same_invocation(tmp_path, bfcl_env,
     monkeypatch.setenv("DELAY_FILE", str(delay_file))
     slow = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", slow.url)
-    result = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out",
-                         "slurm.time=2", "slurm.signal_delay_s=60")  # ~60 s per attempt: real containers start slowly
+    result = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", tmp_path / "out", "slurm.time=2", "slurm.signal_delay_s=60"
+    )  # ~60 s per attempt: real containers start slowly
     job_id, eval_dir = only_evaluation(result)
     wait_for_file(eval_dir / "summary.json", timeout=150)
     first = read_summary(eval_dir)

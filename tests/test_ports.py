@@ -24,31 +24,46 @@ def generic(command: str, port=1235, type_="generic") -> dict:
     return {"deployment": {"type": type_, "port": port, "command": command, "served_model_name": "m"}, "execution": {}}
 
 
-@pytest.mark.parametrize("command, expected", [
-    ("serve --port 1235", "serve --port 40001"),
-    ("serve --port=1235 --x 1", "serve --port=40001 --x 1"),
-    ("serve --bind 0.0.0.0:1235", "serve --bind 0.0.0.0:40001"),
-    ("NIM_SERVER_PORT=1235 /opt/start.sh", "NIM_SERVER_PORT=40001 /opt/start.sh"),
-    ("bash -c 'python deploy.py --num_gpus 1 --port 1235 --num_replicas 1'",
-     "bash -c 'python deploy.py --num_gpus 1 --port 40001 --num_replicas 1'"),
-    ("serve --max-len 1235 --http-port 1235", "serve --max-len 1235 --http-port 40001"),  # only the port argument moves
-    ("serve --port '1235'", "serve --port '40001'"),
-    ("exec python3 fake_openai.py 1235; echo", "exec python3 fake_openai.py 40001; echo"),  # `${deployment.port}` alone
-], ids=["space", "equals", "host-colon", "env", "default-shape", "other-number-kept", "quoted", "positional"])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("serve --port 1235", "serve --port 40001"),
+        ("serve --port=1235 --x 1", "serve --port=40001 --x 1"),
+        ("serve --bind 0.0.0.0:1235", "serve --bind 0.0.0.0:40001"),
+        ("NIM_SERVER_PORT=1235 /opt/start.sh", "NIM_SERVER_PORT=40001 /opt/start.sh"),
+        (
+            "bash -c 'python deploy.py --num_gpus 1 --port 1235 --num_replicas 1'",
+            "bash -c 'python deploy.py --num_gpus 1 --port 40001 --num_replicas 1'",
+        ),
+        (
+            "serve --max-len 1235 --http-port 1235",
+            "serve --max-len 1235 --http-port 40001",
+        ),  # only the port argument moves
+        ("serve --port '1235'", "serve --port '40001'"),
+        (
+            "exec python3 fake_openai.py 1235; echo",
+            "exec python3 fake_openai.py 40001; echo",
+        ),  # `${deployment.port}` alone
+    ],
+    ids=["space", "equals", "host-colon", "env", "default-shape", "other-number-kept", "quoted", "positional"],
+)
 def test_the_port_argument_is_replaced_once(command, expected):
     moved = with_port(generic(command), 40001)
     assert moved["deployment"]["command"] == expected and moved["deployment"]["port"] == 40001
     assert generic(command)["deployment"]["command"] == command  # the caller's config is not changed
 
 
-@pytest.mark.parametrize("command, says", [
-    ("serve --model /checkpoint", "does not pass it"),
-    ("serve --port 12350", "does not pass it"),  # another number that starts with the port's digits
-    ("serve --port 8000", "does not pass it"),  # a fixed number other than deployment.port
-    ("serve --port 1235 --metrics-port 1235", "passes it 2 times"),
-    ("serve --tokens 1235 --batch 1235", "passes it 2 times"),  # two words, no port argument: which one?
-    ("serve --max-len 12345 /data/1235", "does not pass it"),  # digits inside other words
-])
+@pytest.mark.parametrize(
+    "command, says",
+    [
+        ("serve --model /checkpoint", "does not pass it"),
+        ("serve --port 12350", "does not pass it"),  # another number that starts with the port's digits
+        ("serve --port 8000", "does not pass it"),  # a fixed number other than deployment.port
+        ("serve --port 1235 --metrics-port 1235", "passes it 2 times"),
+        ("serve --tokens 1235 --batch 1235", "passes it 2 times"),  # two words, no port argument: which one?
+        ("serve --max-len 12345 /data/1235", "does not pass it"),  # digits inside other words
+    ],
+)
 def test_a_command_without_exactly_one_port_argument_is_refused(command, says):
     with pytest.raises(PortError, match=says) as raised:
         check_port(generic(command))
@@ -72,8 +87,16 @@ def test_the_builtin_default_takes_the_port_from_deployment_port(tmp_path):
 def test_submit_refuses_a_fixed_port_in_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
     run = make_run(tmp_path / "run" / "checkpoints", [100])
-    result = hpc_eval("submit", "-c", REPO / "tests" / "configs" / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                      "--output-dir", tmp_path / "evals", "deployment.command=python3 serve.py --port 9999")
+    result = hpc_eval(
+        "submit",
+        "-c",
+        REPO / "tests" / "configs" / "bfcl_generic_host.yaml",
+        "--checkpoint",
+        run / "iter_0000100",
+        "--output-dir",
+        tmp_path / "evals",
+        "deployment.command=python3 serve.py --port 9999",
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "bfcl_generic_host.yaml" in lines[0]
@@ -98,7 +121,9 @@ def test_a_listener_in_the_server_tree_is_ours():
 
 def test_another_process_tree_listening_is_not_ours(tmp_path):
     ready = tmp_path / "port"
-    holder = subprocess.Popen([sys.executable, str(REPO / "scripts" / "fake_openai.py"), "0"], env=dict(os.environ, PORT_FILE=str(ready)))
+    holder = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "fake_openai.py"), "0"], env=dict(os.environ, PORT_FILE=str(ready))
+    )
     other = subprocess.Popen(["sleep", "60"])  # "this evaluation's server", which never bound the port
     try:
         while not ready.exists() or not ready.read_text().strip():
@@ -114,8 +139,10 @@ def test_another_process_tree_listening_is_not_ours(tmp_path):
 
 def test_under_pyxis_a_listener_of_this_slurm_job_is_ours(tmp_path, monkeypatch):
     ready = tmp_path / "port"
-    holder = subprocess.Popen([sys.executable, str(REPO / "scripts" / "fake_openai.py"), "0"],
-                              env=dict(os.environ, PORT_FILE=str(ready), SLURM_JOB_ID="4242"))
+    holder = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "fake_openai.py"), "0"],
+        env=dict(os.environ, PORT_FILE=str(ready), SLURM_JOB_ID="4242"),
+    )
     other = subprocess.Popen(["sleep", "60"])
     try:
         while not ready.exists() or not ready.read_text().strip():
@@ -134,8 +161,12 @@ def test_the_command_line_form_exits_1_with_the_reason():
     with sock:
         other = subprocess.Popen(["sleep", "60"])
         try:
-            done = subprocess.run([sys.executable, "-m", "hpc_eval.listener", str(port), str(other.pid), "host"],
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                [sys.executable, "-m", "hpc_eval.listener", str(port), str(other.pid), "host"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         finally:
             other.kill()
     assert done.returncode == 1 and done.stdout.startswith(f"port {port} is served by pid {os.getpid()} (")
@@ -146,30 +177,49 @@ def task_dir_with(tmp_path: Path, **logs: str) -> Path:
     task_dir = tmp_path / "task"
     (task_dir / "logs").mkdir(parents=True)
     for name, text in logs.items():
-        (task_dir / "logs" / name.replace("_log", ".log").replace("_exit", ".exit").replace("_failed", ".failed")).write_text(text)
+        (
+            task_dir / "logs" / name.replace("_log", ".log").replace("_exit", ".exit").replace("_failed", ".failed")
+        ).write_text(text)
     return task_dir
 
 
 def test_a_failed_server_is_the_reason_with_its_last_log_lines(tmp_path):
-    task_dir = task_dir_with(tmp_path, stage_exit="2026-01-01T00:00:00Z 1",
-                             server_failed="model server: the server process exited before it was ready\n",
-                             server_stdout_log="starting\nTraceback (most recent call last):\n  ...\nOSError: [Errno 98] Address already in use\n")
+    task_dir = task_dir_with(
+        tmp_path,
+        stage_exit="2026-01-01T00:00:00Z 1",
+        server_failed="model server: the server process exited before it was ready\n",
+        server_stdout_log="starting\nTraceback (most recent call last):\n  ...\nOSError: [Errno 98] Address already in use\n",
+    )
     outcome = task_outcome(task_dir)
     assert outcome["status"] == "failed"
-    assert outcome["reason"] == (f"model server: the server process exited before it was ready; see {task_dir}/logs/server_stdout.log: "
-                                 "Traceback (most recent call last): | ... | OSError: [Errno 98] Address already in use")
+    assert outcome["reason"] == (
+        f"model server: the server process exited before it was ready; see {task_dir}/logs/server_stdout.log: "
+        "Traceback (most recent call last): | ... | OSError: [Errno 98] Address already in use"
+    )
 
 
 def test_the_local_executors_server_failure_is_recognised(tmp_path):
-    task_dir = task_dir_with(tmp_path, stage_exit="x 1", client_stdout_log="", stdout_log="Sun Nov 1\nServer process 77 died\n",
-                             server_stdout_log="bind: address already in use\n")
-    assert server_failure(task_dir) == f"model server: Server process 77 died; see {task_dir}/logs/server_stdout.log: bind: address already in use"
+    task_dir = task_dir_with(
+        tmp_path,
+        stage_exit="x 1",
+        client_stdout_log="",
+        stdout_log="Sun Nov 1\nServer process 77 died\n",
+        server_stdout_log="bind: address already in use\n",
+    )
+    assert (
+        server_failure(task_dir)
+        == f"model server: Server process 77 died; see {task_dir}/logs/server_stdout.log: bind: address already in use"
+    )
 
 
 def test_a_client_failure_still_quotes_the_client_log(tmp_path):
-    task_dir = task_dir_with(tmp_path, stage_exit="x 3", client_stdout_log="a\nValueError: bad\n", stdout_log="server ready\n")
+    task_dir = task_dir_with(
+        tmp_path, stage_exit="x 3", client_stdout_log="a\nValueError: bad\n", stdout_log="server ready\n"
+    )
     assert server_failure(task_dir) is None
-    assert task_outcome(task_dir)["reason"] == f"exit code 3; see {task_dir}/logs/client_stdout.log: a | ValueError: bad"
+    assert (
+        task_outcome(task_dir)["reason"] == f"exit code 3; see {task_dir}/logs/client_stdout.log: a | ValueError: bad"
+    )
 
 
 def test_under_docker_the_containers_published_port_behind_docker_proxy_is_ours(tmp_path, monkeypatch):
@@ -178,8 +228,10 @@ def test_under_docker_the_containers_published_port_behind_docker_proxy_is_ours(
     proxy = tmp_path / "docker-proxy"
     proxy.symlink_to(Path(os.path.realpath(sys.executable)))  # comm is the name it was started by
     ready = tmp_path / "port"
-    holder = subprocess.Popen([str(proxy), str(REPO / "scripts" / "fake_openai.py"), "0"],
-                              env=dict(os.environ, PORT_FILE=str(ready), PYTHONHOME=sys.base_prefix))
+    holder = subprocess.Popen(
+        [str(proxy), str(REPO / "scripts" / "fake_openai.py"), "0"],
+        env=dict(os.environ, PORT_FILE=str(ready), PYTHONHOME=sys.base_prefix),
+    )
     other = subprocess.Popen(["sleep", "60"])  # `docker run`, the script's server process
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -200,7 +252,9 @@ def test_under_docker_the_containers_published_port_behind_docker_proxy_is_ours(
 
 def test_a_nim_gets_its_port_through_nim_server_port():
     """A NIM's command carries no port: it reads NIM_SERVER_PORT, so that is where the port goes."""
-    launcher = {"deployment": {"type": "nim", "port": 8000, "command": "/opt/nim/start_server.sh", "env_vars": {"A": "host:A"}}}
+    launcher = {
+        "deployment": {"type": "nim", "port": 8000, "command": "/opt/nim/start_server.sh", "env_vars": {"A": "host:A"}}
+    }
     check_port(launcher)  # no port argument needed
     moved = with_port(launcher, 40123)
     assert moved["deployment"]["port"] == 40123 and moved["deployment"]["command"] == "/opt/nim/start_server.sh"

@@ -47,10 +47,21 @@ def test_the_data_is_what_the_real_writer_left():
     versions = (DATA / "VERSIONS").read_text()
     assert "megatron-bridge==0.3.1" in versions and "megatron-core==0.16.1" in versions
     names = sorted(os.listdir(iter_dir(RUN, 30)))
-    assert names == [".metadata", "__0_0.distcp", "__0_1.distcp", "common.pt", "metadata.json",
-                     "run_config.yaml", "tokenizer", "train_state.pt"]
+    assert names == [
+        ".metadata",
+        "__0_0.distcp",
+        "__0_1.distcp",
+        "common.pt",
+        "metadata.json",
+        "run_config.yaml",
+        "tokenizer",
+        "train_state.pt",
+    ]
     assert sorted(os.listdir(iter_dir(RUN, 30) / "tokenizer")) == [
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert (RUN / "latest_checkpointed_iteration.txt").read_text() == "30"
     assert (MIDWAY / "latest_checkpointed_iteration.txt").read_text() == "20"
     # The size rule is exact on real shards: each file ends where its last item ends.
@@ -64,9 +75,7 @@ def test_the_data_is_what_the_real_writer_left():
 def test_cli_validate_accepts_every_real_iteration():
     result = invoke("validate", *(iter_dir(RUN, step) for step in STEPS))
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
-        f"OK  {iter_dir(RUN, step)}  iter {step}  torch_dist" for step in STEPS
-    ]
+    assert result.output.splitlines() == [f"OK  {iter_dir(RUN, step)}  iter {step}  torch_dist" for step in STEPS]
 
 
 def test_cli_validate_rejects_the_async_save_caught_before_finalize_and_the_lookalikes():
@@ -74,13 +83,17 @@ def test_cli_validate_rejects_the_async_save_caught_before_finalize_and_the_look
     result = invoke("validate", midway, DATA / "hf_export", RUN)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"INVALID  {midway}: {midway} is incomplete: *.distcp shards without "
-                               f".metadata (shards still being written, or the job died during an "
-                               f"async save)")
+    assert lines[0].startswith(
+        f"INVALID  {midway}: {midway} is incomplete: *.distcp shards without "
+        f".metadata (shards still being written, or the job died during an "
+        f"async save)"
+    )
     assert lines[0].endswith(f"(latest complete checkpoint of this run: {iter_dir(MIDWAY, 20)})")
     assert f"{DATA / 'hf_export'} is a Hugging Face checkpoint" in lines[1]
-    assert f"training run's checkpoint directory, not one checkpoint; pass an iteration directory " \
-           f"such as {iter_dir(RUN, 30)} (latest by tracker and scan)" in lines[2]
+    assert (
+        f"training run's checkpoint directory, not one checkpoint; pass an iteration directory "
+        f"such as {iter_dir(RUN, 30)} (latest by tracker and scan)" in lines[2]
+    )
 
 
 def test_discovery_over_the_real_runs():
@@ -94,19 +107,16 @@ def test_discovery_over_the_real_runs():
 
 def test_submit_dry_run_all_and_latest_on_the_real_runs(sandbox, tmp_path):
     out = tmp_path / "results"
-    result = invoke("submit", "-c", "default", "--checkpoint", RUN, "--all", "--dry-run",
-                    "--output-dir", out)
+    result = invoke("submit", "-c", "default", "--checkpoint", RUN, "--all", "--dry-run", "--output-dir", out)
     assert result.exit_code == 0, result.output
     assert "would submit 3 evaluation(s)" in result.output
     for step in STEPS:
         assert str(iter_dir(RUN, step)) in result.output
-    result = invoke("submit", "-c", "default", "--checkpoint", MIDWAY, "--latest", "--dry-run",
-                    "--output-dir", out)
+    result = invoke("submit", "-c", "default", "--checkpoint", MIDWAY, "--latest", "--dry-run", "--output-dir", out)
     assert result.exit_code == 0, result.output
     assert "would submit 1 evaluation(s)" in result.output
     assert str(iter_dir(MIDWAY, 20)) in result.output and str(iter_dir(MIDWAY, 30)) not in result.output
-    result = invoke("submit", "-c", "default", "--checkpoint", MIDWAY, "--all", "--dry-run",
-                    "--output-dir", out)
+    result = invoke("submit", "-c", "default", "--checkpoint", MIDWAY, "--all", "--dry-run", "--output-dir", out)
     assert result.exit_code == 0, result.output
     skipped = [line for line in result.output.splitlines() if line.startswith("skip (invalid): ")]
     assert len(skipped) == 1 and str(iter_dir(MIDWAY, 30)) in skipped[0]
@@ -150,10 +160,7 @@ BROKEN = {
     ),
     "metadata-json-removed": (
         lambda it: (it / "metadata.json").unlink(),
-        (
-            f"{{it}} is incomplete: .metadata without metadata.json (the Megatron-Core finalize did "
-            f"not run); {WAIT}"
-        ),
+        (f"{{it}} is incomplete: .metadata without metadata.json (the Megatron-Core finalize did not run); {WAIT}"),
     ),
     "zero-byte-shard": (_zero_shard, f"{{it}} is truncated: zero-byte __0_1.distcp; {EARLIER}"),
 }
@@ -170,7 +177,8 @@ def test_broken_copies_fail_with_their_own_reason(tmp_path, case):
     verdict = validate(it)
     assert not verdict.ok
     assert verdict.reason == reason.format(it=it, end=end) + (
-        f" (latest complete checkpoint of this run: {iter_dir(run, 20)})")
+        f" (latest complete checkpoint of this run: {iter_dir(run, 20)})"
+    )
     result = invoke("validate", it)
     assert result.exit_code == 1 and reason.format(it=it, end=end) in result.output
     assert latest(run).path == iter_dir(run, 20)  # --latest falls back past the broken one

@@ -34,8 +34,12 @@ INVOCATION = "20260101_120000-0123456789abcdef"
 REAL_SCORE = {BFCL: "0.93", MATH: "0.5"}
 RESULTS_FILE = {BFCL: "results_bfcl.yml", MATH: "results_math.yml"}
 
-BFCL_METRICS = ["bfcl/live_overall_acc", "bfcl/multi_turn_overall_acc", "bfcl/non_live_overall_acc",
-                "bfcl/python_simple_ast_non_live"]
+BFCL_METRICS = [
+    "bfcl/live_overall_acc",
+    "bfcl/multi_turn_overall_acc",
+    "bfcl/non_live_overall_acc",
+    "bfcl/python_simple_ast_non_live",
+]
 MATH_METRIC = "math_test_500_nemo/score/micro"
 
 
@@ -55,9 +59,17 @@ def write_task(invocation: Path, task: str, index: int, exit_code: int | None, s
     return task_dir
 
 
-def write_evaluation(root: Path, step: int | None, tasks: list[tuple[str, int | None, str | None]], *,
-                     summary: str | None, run: str = RUN, config_hash: str = CONFIG_HASH,
-                     created_at: str = "2026-01-01T12:00:00+0000", task_filters: list[str] | None = None) -> Path:
+def write_evaluation(
+    root: Path,
+    step: int | None,
+    tasks: list[tuple[str, int | None, str | None]],
+    *,
+    summary: str | None,
+    run: str = RUN,
+    config_hash: str = CONFIG_HASH,
+    created_at: str = "2026-01-01T12:00:00+0000",
+    task_filters: list[str] | None = None,
+) -> Path:
     """An evaluation directory; `tasks` are (task name, stage.exit code, score) in config order.
 
     `summary` is the state the payload recorded in summary.json, or None when it wrote none yet.
@@ -66,20 +78,38 @@ def write_evaluation(root: Path, step: int | None, tasks: list[tuple[str, int | 
     eval_dir = root / run / iteration_folder / config_hash
     eval_dir.mkdir(parents=True)
     checkpoint = f"/ckpt/{run}/checkpoints/{iteration_folder}" if step is not None else None
-    write_json(eval_dir / "request.json", {
-        "run": run, "iteration": step, "checkpoint": checkpoint, "config_hash": config_hash,
-        "created_at": created_at, "dry_run": False, "task_filters": task_filters, "hpc_eval_version": "0.1.0"})
-    launcher_config = {"execution": {"type": "local", "output_dir": str(eval_dir)}, "deployment": {"type": "none"},
-                       "evaluation": {"tasks": [{"name": name} for name, _, _ in tasks]}}
+    write_json(
+        eval_dir / "request.json",
+        {
+            "run": run,
+            "iteration": step,
+            "checkpoint": checkpoint,
+            "config_hash": config_hash,
+            "created_at": created_at,
+            "dry_run": False,
+            "task_filters": task_filters,
+            "hpc_eval_version": "0.1.0",
+        },
+    )
+    launcher_config = {
+        "execution": {"type": "local", "output_dir": str(eval_dir)},
+        "deployment": {"type": "none"},
+        "evaluation": {"tasks": [{"name": name} for name, _, _ in tasks]},
+    }
     (eval_dir / "launcher_config.yaml").write_text(yaml.safe_dump(launcher_config))
     invocation = eval_dir / INVOCATION
-    chosen = [task for index, task in enumerate(tasks)
-              if not task_filters or task[0] in task_filters or f"{task[0]}.{index}" in task_filters]
+    chosen = [
+        task
+        for index, task in enumerate(tasks)
+        if not task_filters or task[0] in task_filters or f"{task[0]}.{index}" in task_filters
+    ]
     task_dirs = [write_task(invocation, name, index, code, score) for index, (name, code, score) in enumerate(chosen)]
     if summary is not None:
         outcomes = {task_dir.name: task_outcome(task_dir) for task_dir in task_dirs}
-        write_json(eval_dir / "summary.json", {"state": summary, "slurm_job_id": "7", "tasks": outcomes,
-                                               "invocation_id": INVOCATION.split("-")[1]})
+        write_json(
+            eval_dir / "summary.json",
+            {"state": summary, "slurm_job_id": "7", "tasks": outcomes, "invocation_id": INVOCATION.split("-")[1]},
+        )
     return eval_dir
 
 
@@ -176,8 +206,7 @@ def test_missing_lists_checkpoint_and_task_pairs_without_a_result(output_dir):
 
 
 def test_missing_follows_the_launchers_task_filter_and_reindexing(tmp_path):
-    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9"), (MATH, 1, None)], summary="FAILED",
-                     task_filters=[f"{MATH}.1"])
+    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9"), (MATH, 1, None)], summary="FAILED", task_filters=[f"{MATH}.1"])
     assert [item.task for item in results.missing([tmp_path])] == [f"{MATH}.0"]
 
 
@@ -196,8 +225,11 @@ def test_plot_draws_one_line_per_metric_and_run(output_dir, tmp_path):
     table = results.collect_results([output_dir]).select(["non_live_overall", "micro"])
     (axes,) = results.plot(table, tmp_path / "scores.png").axes
     assert [line.get_label() for line in axes.lines] == [
-        f"{RUN}: bfcl/non_live_overall_acc", f"{RUN}: {MATH_METRIC}",
-        "mistral-7b: bfcl/non_live_overall_acc", f"mistral-7b: {MATH_METRIC}"]
+        f"{RUN}: bfcl/non_live_overall_acc",
+        f"{RUN}: {MATH_METRIC}",
+        "mistral-7b: bfcl/non_live_overall_acc",
+        f"mistral-7b: {MATH_METRIC}",
+    ]
     assert axes.get_title() == f"{RUN}, mistral-7b"
 
 
@@ -228,10 +260,12 @@ def test_table_format_is_aligned_with_a_marker_in_missing_cells(output_dir):
 
 def test_csv_format_parses_with_empty_missing_cells(output_dir):
     text = invoke(str(output_dir), "--format", "csv").stdout
-    assert text == (",".join(HEADER) + "\n"
-                    "llama-8b,1000,0.0,0.0,0.9,25.0,0.25\n"
-                    "llama-8b,2000,0.0,0.0,0.93,25.0,0.5\n"
-                    "llama-8b,3000,0.0,0.0,0.95,25.0,\n")
+    assert text == (
+        ",".join(HEADER) + "\n"
+        "llama-8b,1000,0.0,0.0,0.9,25.0,0.25\n"
+        "llama-8b,2000,0.0,0.0,0.93,25.0,0.5\n"
+        "llama-8b,3000,0.0,0.0,0.95,25.0,\n"
+    )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["iteration"] for row in rows] == ["1000", "2000", "3000"] and rows[2][MATH_METRIC] == ""
 
@@ -255,7 +289,8 @@ def test_markdown_format_has_a_header_separator(output_dir):
 
 def test_metric_selects_columns_and_an_unknown_one_is_a_usage_error(output_dir):
     assert invoke(str(output_dir), "--metric", "bfcl/python_*", "--format", "csv").stdout == (
-        "run,iteration,bfcl/python_simple_ast_non_live\nllama-8b,1000,25.0\nllama-8b,2000,25.0\nllama-8b,3000,25.0\n")
+        "run,iteration,bfcl/python_simple_ast_non_live\nllama-8b,1000,25.0\nllama-8b,2000,25.0\nllama-8b,3000,25.0\n"
+    )
     result = CliRunner().invoke(main, ["results", str(output_dir), "--metric", "mmlu"])
     assert result.exit_code == 2
     assert "Error: metric 'mmlu' matches no column" in result.output
@@ -263,9 +298,20 @@ def test_metric_selects_columns_and_an_unknown_one_is_a_usage_error(output_dir):
 
 def test_missing_flag_lists_the_pairs_without_a_result(output_dir):
     rows = json.loads(invoke(str(output_dir), "--missing", "--format", "json").stdout)
-    assert rows == [{"run": RUN, "iteration": 3000, "task": f"{MATH}.1",
-                     "eval_dir": str(output_dir / RUN / "iter_0003000" / CONFIG_HASH)}]
-    assert invoke(str(output_dir), "--missing").stdout.splitlines()[0].split() == ["run", "iteration", "task", "eval_dir"]
+    assert rows == [
+        {
+            "run": RUN,
+            "iteration": 3000,
+            "task": f"{MATH}.1",
+            "eval_dir": str(output_dir / RUN / "iter_0003000" / CONFIG_HASH),
+        }
+    ]
+    assert invoke(str(output_dir), "--missing").stdout.splitlines()[0].split() == [
+        "run",
+        "iteration",
+        "task",
+        "eval_dir",
+    ]
 
 
 def test_plot_option_saves_the_png_and_still_prints_the_table(output_dir, tmp_path):
@@ -292,13 +338,19 @@ def test_runs_that_share_a_label_get_rows_of_their_own_and_a_note(tmp_path):
     request = json.loads((other / "request.json").read_text())
     request["checkpoint"] = "/elsewhere/llama-8b/checkpoints/iter_0001000"  # another project's run, same name
     write_json(other / "request.json", request)
-    result = CliRunner().invoke(main, ["results", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "csv",
-                                       "--metric", "non_live_overall"])
+    result = CliRunner().invoke(
+        main, ["results", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "csv", "--metric", "non_live_overall"]
+    )
     assert result.exit_code == 0, result.output
-    first, second = f"{RUN}-{run_hash('/ckpt/llama-8b/checkpoints')}", f"{RUN}-{run_hash('/elsewhere/llama-8b/checkpoints')}"
+    first, second = (
+        f"{RUN}-{run_hash('/ckpt/llama-8b/checkpoints')}",
+        f"{RUN}-{run_hash('/elsewhere/llama-8b/checkpoints')}",
+    )
     assert sorted(result.stdout.splitlines()[1:]) == sorted([f"{first},1000,0.9", f"{second},1000,0.5"])
-    assert result.stderr == (f"note: 2 training runs share the label '{RUN}', shown apart: "
-                             f"{first} = /ckpt/llama-8b/checkpoints, {second} = /elsewhere/llama-8b/checkpoints\n")
+    assert result.stderr == (
+        f"note: 2 training runs share the label '{RUN}', shown apart: "
+        f"{first} = /ckpt/llama-8b/checkpoints, {second} = /elsewhere/llama-8b/checkpoints\n"
+    )
 
 
 def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
@@ -308,7 +360,9 @@ def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
     checkpoint = make_iter(tmp_path / "ckpt" / RUN / "checkpoints", 1000)
     eval_dir = write_evaluation(tmp_path / "out", 1000, [(BFCL, 0, "0.9")], summary="COMPLETED")
     request = json.loads((eval_dir / "request.json").read_text())
-    write_json(eval_dir / "request.json", {**request, "checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint)})
+    write_json(
+        eval_dir / "request.json", {**request, "checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint)}
+    )
     assert "checkpoint" not in results.collect_results([tmp_path / "out"]).records()[0]
     (checkpoint / ".metadata").write_bytes(b"\x80\x04fake rewritten by a relaunched run")
     (record,) = results.collect_results([tmp_path / "out"]).records()

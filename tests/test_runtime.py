@@ -47,11 +47,19 @@ def launcher_config(tmp_path: Path, **execution) -> dict:
     checkpoint = tmp_path / "run" / "iter_0000100"
     checkpoint.mkdir(parents=True, exist_ok=True)
     return {
-        "execution": {"type": "hpc_eval", "output_dir": str(tmp_path / "out"), "mode": "sequential",
-                      "mounts": {"deployment": {"/shared/hf": "/hf-cache"}, "evaluation": {"/shared/tok": "/tokenizer"}},
-                      **execution},
+        "execution": {
+            "type": "hpc_eval",
+            "output_dir": str(tmp_path / "out"),
+            "mode": "sequential",
+            "mounts": {"deployment": {"/shared/hf": "/hf-cache"}, "evaluation": {"/shared/tok": "/tokenizer"}},
+            **execution,
+        },
         "deployment": {
-            "type": "generic", "image": IMAGE, "port": 8000, "served_model_name": "nemo-model", "checkpoint_path": str(checkpoint),
+            "type": "generic",
+            "image": IMAGE,
+            "port": 8000,
+            "served_model_name": "nemo-model",
+            "checkpoint_path": str(checkpoint),
             "command": "python serve.py --megatron_checkpoint /checkpoint/ --port 8000",
             "env_vars": {"HF_TOKEN": "host:MY_HF_TOKEN", "REPLY": "lit:hello"},
             "endpoints": {"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/v1/health"},
@@ -66,7 +74,7 @@ def words(line: str) -> list[str]:
 
 
 def value_of(argv: list[str], prefix: str) -> str:
-    (found,) = [word[len(prefix):] for word in argv if word.startswith(prefix)]
+    (found,) = [word[len(prefix) :] for word in argv if word.startswith(prefix)]
     return found
 
 
@@ -87,7 +95,10 @@ def test_pyxis_server_and_client_are_srun_container_steps(tmp_path):
     assert server[:4] == ["srun", "--overlap", "--nodes=1", "--ntasks=1"]
     assert value_of(server, "--container-image=") == IMAGE
     assert value_of(server, "--container-mounts=").split(",") == [
-        "$artifacts_dir:/results", f"{checkpoint}:/checkpoint:ro", "/shared/hf:/hf-cache"]
+        "$artifacts_dir:/results",
+        f"{checkpoint}:/checkpoint:ro",
+        "/shared/hf:/hf-cache",
+    ]
     assert "--no-container-mount-home" in server
     assert value_of(server, "--container-env=") == "HF_TOKEN,REPLY"  # names only: values come from .secrets.env
     assert server[-3:] == ["bash", "-c", "$SERVER_COMMAND"]
@@ -98,7 +109,10 @@ def test_pyxis_server_and_client_are_srun_container_steps(tmp_path):
     assert client[:4] == ["srun", "--overlap", "--nodes=1", "--ntasks=1"]
     assert value_of(client, "--container-image=") == EVAL_IMAGE
     assert value_of(client, "--container-mounts=").split(",") == [
-        "$artifacts_dir:/results", "/shared/tok:/tokenizer", "/shared/data:/datasets"]  # no checkpoint for the client
+        "$artifacts_dir:/results",
+        "/shared/tok:/tokenizer",
+        "/shared/data:/datasets",
+    ]  # no checkpoint for the client
     assert "--no-container-mount-home" in client
     names = value_of(client, "--container-env=").split(",")
     assert "NEMO_EVALUATOR_DATASET_DIR" in names and "HF_TOKEN" not in names  # deployment env stays with the server
@@ -112,15 +126,28 @@ def test_apptainer_runs_docker_images_with_nv_binds_and_env_by_name(tmp_path):
     task = commands(tmp_path, "apptainer")
     checkpoint = tmp_path / "run" / "iter_0000100"
     server = words(task["server"])
-    assert server[:2] == ["APPTAINERENV_HF_TOKEN=$HF_TOKEN", "APPTAINERENV_REPLY=$REPLY"]  # set in the container, no value in argv
+    assert server[:2] == [
+        "APPTAINERENV_HF_TOKEN=$HF_TOKEN",
+        "APPTAINERENV_REPLY=$REPLY",
+    ]  # set in the container, no value in argv
     assert server[2:5] == ["apptainer", "exec", "--nv"] and "--no-home" in server
-    assert pairs(server, "--bind") == ["$artifacts_dir:/results", f"{checkpoint}:/checkpoint:ro", "/shared/hf:/hf-cache", "$work_dir"]
+    assert pairs(server, "--bind") == [
+        "$artifacts_dir:/results",
+        f"{checkpoint}:/checkpoint:ro",
+        "/shared/hf:/hf-cache",
+        "$work_dir",
+    ]
     assert pairs(server, "--pwd") == ["$work_dir"]  # a writable cwd, whatever the image
     assert server[-4:] == [f"docker://{IMAGE}", "bash", "-c", "$SERVER_COMMAND"]
 
     client = words(task["client"])
     assert "--nv" not in client and "--no-home" in client  # the client needs no GPU, as in the launcher
-    assert pairs(client, "--bind") == ["$artifacts_dir:/results", "/shared/tok:/tokenizer", "/shared/data:/datasets", "$work_dir"]
+    assert pairs(client, "--bind") == [
+        "$artifacts_dir:/results",
+        "/shared/tok:/tokenizer",
+        "/shared/data:/datasets",
+        "$work_dir",
+    ]
     assert "APPTAINERENV_NEMO_EVALUATOR_DATASET_DIR=$NEMO_EVALUATOR_DATASET_DIR" in client
     assert client[-4:] == [f"docker://{EVAL_IMAGE}", "bash", "-c", "$EVAL_COMMAND"]
 
@@ -171,11 +198,23 @@ def test_host_runs_the_commands_directly_with_container_paths_mapped(tmp_path):
 def test_submit_dry_run_shows_the_commands_of_the_configured_runtime(tmp_path, monkeypatch):
     monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
     run = make_run(tmp_path / "my-run" / "checkpoints", [100])
-    result = hpc_eval("submit", "-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                      "--output-dir", tmp_path / "evals", "deployment.port=18555", "--dry-run")
+    result = hpc_eval(
+        "submit",
+        "-c",
+        CONFIGS / "bfcl_generic_host.yaml",
+        "--checkpoint",
+        run / "iter_0000100",
+        "--output-dir",
+        tmp_path / "evals",
+        "deployment.port=18555",
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     shown = result.output.split("commands in the job (execution.type hpc_eval; ", 1)[1].splitlines()
-    assert shown[1:3] == ["execution.runtime: host", "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work"]
+    assert shown[1:3] == [
+        "execution.runtime: host",
+        "in each task: artifacts_dir=$task_dir/artifacts, and the cwd is work_dir=$task_dir/work",
+    ]
     assert '    server: bash -c "$SERVER_COMMAND"' in shown and '    client: bash -c "$EVAL_COMMAND"' in shown
     assert f"test -f {run / 'iter_0000100'}/run_config.yaml" in result.output  # /checkpoint, mapped for the host
     assert not (tmp_path / "evals").exists()
@@ -203,14 +242,18 @@ SRUN_PYXIS = 'echo "      --container-image=[USER@][REGISTRY#]IMAGE[:TAG]|PATH"'
 SRUN_PLAIN = 'echo "Usage: srun [OPTIONS(0)... [executable(0) [args(0)...]]]"'
 
 
-@pytest.mark.parametrize("scripts, expected", [
-    ({"docker": DOCKER_DAEMON, "srun": SRUN_PYXIS, "apptainer": "exit 0"}, "docker"),
-    ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PYXIS, "apptainer": "exit 0"}, "pyxis"),
-    ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PLAIN, "apptainer": "exit 0"}, "apptainer"),
-    ({"srun": SRUN_PYXIS, "apptainer": "exit 0"}, "pyxis"),
-    ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PLAIN}, "host"),
-    ({}, "host"),
-], ids=["daemon-first", "pyxis-before-apptainer", "apptainer-before-host", "no-docker-cli", "plain-slurm", "nothing"])
+@pytest.mark.parametrize(
+    "scripts, expected",
+    [
+        ({"docker": DOCKER_DAEMON, "srun": SRUN_PYXIS, "apptainer": "exit 0"}, "docker"),
+        ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PYXIS, "apptainer": "exit 0"}, "pyxis"),
+        ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PLAIN, "apptainer": "exit 0"}, "apptainer"),
+        ({"srun": SRUN_PYXIS, "apptainer": "exit 0"}, "pyxis"),
+        ({"docker": DOCKER_NO_DAEMON, "srun": SRUN_PLAIN}, "host"),
+        ({}, "host"),
+    ],
+    ids=["daemon-first", "pyxis-before-apptainer", "apptainer-before-host", "no-docker-cli", "plain-slurm", "nothing"],
+)
 def test_auto_takes_docker_then_pyxis_then_apptainer_then_host(monkeypatch, tmp_path, scripts, expected):
     put_on_path(monkeypatch, tmp_path, **scripts)
     chosen, reason = runtime.choose_runtime("auto")
@@ -232,11 +275,18 @@ def test_an_explicit_runtime_is_not_probed(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- registration and dry runs
 def test_register_is_explicit_and_idempotent(tmp_path):
-    code = ("import hpc_eval.executor as r; from nemo_evaluator_launcher.executors import registry as g; "
-            "assert 'hpc_eval' not in g._EXECUTOR_REGISTRY; r.register(); r.register(); "
-            "assert g.get_executor('hpc_eval') is r.executor_class(); print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, HOME=str(tmp_path)))  # the launcher writes its logs under HOME
+    code = (
+        "import hpc_eval.executor as r; from nemo_evaluator_launcher.executors import registry as g; "
+        "assert 'hpc_eval' not in g._EXECUTOR_REGISTRY; r.register(); r.register(); "
+        "assert g.get_executor('hpc_eval') is r.executor_class(); print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )  # the launcher writes its logs under HOME
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -279,7 +329,9 @@ def test_dry_run_writes_the_scripts_and_starts_nothing(tmp_path, monkeypatch, ca
 def test_host_config_ef_points_at_the_real_artifacts_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_HF_TOKEN", "x")
     config = launcher_config(tmp_path, runtime="host")
-    config["evaluation"]["nemo_evaluator_config"] = {"target": {"api_endpoint": {"adapter_config": {"caching_dir": "/results/cache"}}}}
+    config["evaluation"]["nemo_evaluator_config"] = {
+        "target": {"api_endpoint": {"adapter_config": {"caching_dir": "/results/cache"}}}
+    }
     _, directory = run_eval(config, dry_run=True)
     artifacts = directory / "bfcl.bfclv3_ast_prompting.0" / "artifacts"
     config_ef = decoded_config_ef((artifacts.parent / "run.sh").read_text())
@@ -294,13 +346,20 @@ def generic_stub_config(tmp_path: Path, port: int, **execution) -> dict:
     config = launcher_config(tmp_path, endpoint_readiness_timeout=60, **execution)
     config["execution"]["mounts"] = {}
     config["deployment"].update(
-        image="local/fake-openai:1", port=port, served_model_name="fake-model",
+        image="local/fake-openai:1",
+        port=port,
+        served_model_name="fake-model",
         command=f"test -f /checkpoint/marker && exec python3 {REPO}/scripts/fake_openai.py {port}",
         env_vars={"REPLY": f"lit:{BFCL_REPLY}", "LOG": f"lit:{tmp_path / 'server-requests.jsonl'}"},
-        endpoints={"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/health"})
+        endpoints={"chat": "/v1/chat/completions", "completions": "/v1/completions", "health": "/health"},
+    )
     Path(config["deployment"]["checkpoint_path"], "marker").write_text("x")
-    config["evaluation"] = {"nemo_evaluator_config": {"config": {"params": {"limit_samples": 4, "parallelism": 1}}},
-                            "tasks": [{"name": "bfcl.bfclv3_ast_prompting", "nemo_evaluator_config": {"config": {"params": {"task": "simple"}}}}]}
+    config["evaluation"] = {
+        "nemo_evaluator_config": {"config": {"params": {"limit_samples": 4, "parallelism": 1}}},
+        "tasks": [
+            {"name": "bfcl.bfclv3_ast_prompting", "nemo_evaluator_config": {"config": {"params": {"task": "simple"}}}}
+        ],
+    }
     return config
 
 
@@ -336,7 +395,9 @@ def test_host_runtime_runs_the_server_and_client_without_containers(tmp_path, mo
     assert requests[0]["method"] == "GET" and requests[0]["path"] == "/health"  # the readiness check came first
     assert sum(request["method"] == "POST" for request in requests) >= 4
     assert "server ready" in (task_dir / "logs" / "stdout.log").read_text()
-    adapter_port = int(re.search(r"base_url=http://localhost:(\d+)", (task_dir / "logs" / "client_stdout.log").read_text()).group(1))
+    adapter_port = int(
+        re.search(r"base_url=http://localhost:(\d+)", (task_dir / "logs" / "client_stdout.log").read_text()).group(1)
+    )
     assert adapter_port not in range(3825, 3900)  # its own port, not the first free one every evaluation races for
     assert not answers(port)  # stopped once the client was done
 
@@ -349,10 +410,14 @@ def test_resume_runs_the_scripts_again_and_reuses_the_response_cache(tmp_path):
     invocation, directory = run_eval(generic_stub_config(tmp_path, free_port(), runtime="host"), dry_run=False)
     task_dir = directory / "bfcl.bfclv3_ast_prompting.0"
     assert wait_for_stage_exit(task_dir) == "0"
-    posts = sum(json.loads(line)["method"] == "POST" for line in (tmp_path / "server-requests.jsonl").read_text().splitlines())
+    posts = sum(
+        json.loads(line)["method"] == "POST" for line in (tmp_path / "server-requests.jsonl").read_text().splitlines()
+    )
     first_exit = (task_dir / "logs" / "stage.exit").read_text()
     assert resume_eval(invocation) == invocation
-    assert not (task_dir / "logs" / "stage.exit").exists() or (task_dir / "logs" / "stage.exit").read_text() != first_exit
+    assert (
+        not (task_dir / "logs" / "stage.exit").exists() or (task_dir / "logs" / "stage.exit").read_text() != first_exit
+    )
     assert wait_for_stage_exit(task_dir) == "0" and bfcl_score(task_dir) == 25.0
     requests = [json.loads(line) for line in (tmp_path / "server-requests.jsonl").read_text().splitlines()]
     assert sum(request["method"] == "POST" for request in requests) == posts  # every answer came from the cache
@@ -374,5 +439,8 @@ def test_scancel_stops_the_host_runtimes_server_and_client(tmp_path, monkeypatch
     time.sleep(2)
     summary = json.loads((Path(task["eval_dir"]) / "summary.json").read_text())
     assert summary["state"] == "CANCELLED" and summary["server_port"] != port  # the job's own port
-    assert processes_mentioning(task["eval_dir"]) == [] and processes_mentioning(f"fake_openai.py {summary['server_port']}") == []
+    assert (
+        processes_mentioning(task["eval_dir"]) == []
+        and processes_mentioning(f"fake_openai.py {summary['server_port']}") == []
+    )
     assert not answers(summary["server_port"])

@@ -23,12 +23,62 @@ from hpc_eval.launcher_yaml import dump_launcher_config, launcher_config_text
 
 # Paths YAML emits plain, and paths it must quote, escape or fold: each must come out as a full dump writes it.
 TRICKY_NAMES = [
-    "iter_0000100", "run.v2+final", "a=b@c~d", "ülm-運行-данные", "x_y-z.1", "2024-01-01", "1e5", "true", "null", "~",
-    "with space", "two  spaces", " lead", "trail ", "it's", 'say "hi"', "colon: here", "colon:nospace", "hash #tag",
-    "#lead", "-lead", "- dash", "*star", "&anchor", "!bang", "%pct", "@at", "`tick", "back\\slash", "tab\there",
-    "new\nline", "nel\x85char", "line\u2028sep", "bom\ufefflead", "nbsp\xa0x", "bell\x07", "{brace}", "[bracket]",
-    "a,b", "q?mark", "|pipe", ">gt", "---", "...", "é" * 200, "long-" * 40, "long " * 40, "emoji-\U0001f600",
-    "combining-e\u0301", "zero\u200bwidth", "ctrl\x1b[0m", "yes", "0o17", "0x1F", "+1", ".inf",
+    "iter_0000100",
+    "run.v2+final",
+    "a=b@c~d",
+    "ülm-運行-данные",
+    "x_y-z.1",
+    "2024-01-01",
+    "1e5",
+    "true",
+    "null",
+    "~",
+    "with space",
+    "two  spaces",
+    " lead",
+    "trail ",
+    "it's",
+    'say "hi"',
+    "colon: here",
+    "colon:nospace",
+    "hash #tag",
+    "#lead",
+    "-lead",
+    "- dash",
+    "*star",
+    "&anchor",
+    "!bang",
+    "%pct",
+    "@at",
+    "`tick",
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "nel\x85char",
+    "line\u2028sep",
+    "bom\ufefflead",
+    "nbsp\xa0x",
+    "bell\x07",
+    "{brace}",
+    "[bracket]",
+    "a,b",
+    "q?mark",
+    "|pipe",
+    ">gt",
+    "---",
+    "...",
+    "é" * 200,
+    "long-" * 40,
+    "long " * 40,
+    "emoji-\U0001f600",
+    "combining-e\u0301",
+    "zero\u200bwidth",
+    "ctrl\x1b[0m",
+    "yes",
+    "0o17",
+    "0x1F",
+    "+1",
+    ".inf",
 ]
 
 
@@ -69,7 +119,9 @@ def test_a_path_inside_a_value_with_spaces_is_serialised_in_full(tmp_path):
     data["deployment"]["command"] = "serve ${deployment.checkpoint_path} " + "--flag " * 20
     source = tmp_path / "spaced.yaml"
     source.write_text(yaml.safe_dump(data))
-    base = load_config(str(source), checkpoint=make_iter(tmp_path / "run" / "checkpoints", 100), output_dir=tmp_path / "results")
+    base = load_config(
+        str(source), checkpoint=make_iter(tmp_path / "run" / "checkpoints", 100), output_dir=tmp_path / "results"
+    )
     other = tmp_path / ("x" * 30) / "iter_0000200"
     text = launcher_config_text(base, other, tmp_path / "e")
     fresh = load_config(str(source), checkpoint=other, output_dir=tmp_path / "results")
@@ -82,10 +134,19 @@ def test_a_path_inside_a_value_with_spaces_is_serialised_in_full(tmp_path):
 def test_request_text_equals_a_full_encoding(name):
     from hpc_eval.store import RequestTemplate, dumps
 
-    template = RequestTemplate({"config_hash": "abc", "slurm": {"partition": name, "time": "01:00:00"}, "task_filters": [name]})
+    template = RequestTemplate(
+        {"config_hash": "abc", "slurm": {"partition": name, "time": "01:00:00"}, "task_filters": [name]}
+    )
     for varying in (
-        {"checkpoint": f"/r/{name}/iter_1", "iteration": 1, "run": name, "run_dir": f"/r/{name}", "checkpoint_realpath": None,
-         "fingerprint": {"stat": f"12-{name}", "train_state_sha256": None}, "created_at": "2026-01-01T00:00:00+0000"},
+        {
+            "checkpoint": f"/r/{name}/iter_1",
+            "iteration": 1,
+            "run": name,
+            "run_dir": f"/r/{name}",
+            "checkpoint_realpath": None,
+            "fingerprint": {"stat": f"12-{name}", "train_state_sha256": None},
+            "created_at": "2026-01-01T00:00:00+0000",
+        },
         {"checkpoint": None, "iteration": None, "run": f'"{name}"', "fingerprint": None, "created_at": "x"},
         {"checkpoint": "\x00" + template.token + ":run", "run": template.mark + "checkpoint", "fingerprint": {}},
     ):
@@ -101,10 +162,23 @@ def test_dry_run_all_writes_what_a_full_serialisation_writes(tmp_path, monkeypat
     (tmp_path / "tmp").mkdir()
     for name in ("plain-run", "it's a #run: ü", "-dash*&!%@\\"):
         run = make_run(tmp_path / name / "checkpoints", [100, 200, 300])
-        result = CliRunner().invoke(main, ["submit", "-c", "default", "--checkpoint", str(run), "--all", "--dry-run", "--json",
-                                           "--output-dir", str(tmp_path / "results")])
+        result = CliRunner().invoke(
+            main,
+            [
+                "submit",
+                "-c",
+                "default",
+                "--checkpoint",
+                str(run),
+                "--all",
+                "--dry-run",
+                "--json",
+                "--output-dir",
+                str(tmp_path / "results"),
+            ],
+        )
         assert result.exit_code == 0, result.output
-        written = json.loads(result.output[result.output.index("{"):])["launcher_configs"]
+        written = json.loads(result.output[result.output.index("{") :])["launcher_configs"]
         assert len(written) == 3
         for path in map(Path, written):
             saved = yaml.safe_load(path.read_text())

@@ -49,8 +49,13 @@ def submit_array(tmp_path: Path, monkeypatch, config: Path, run: Path) -> dict[i
         state = wait_for_state(task["slurm_job_id"], timeout=300)
         summary = json.loads((eval_dir / "summary.json").read_text())
         (bfcl,) = summary["tasks"].values()
-        found[int(eval_dir.parent.name.split("_")[1])] = {"state": state, "summary": summary, "task_dir": Path(bfcl["dir"]),
-                                                          "job": task["slurm_job_id"], "eval_dir": eval_dir}
+        found[int(eval_dir.parent.name.split("_")[1])] = {
+            "state": state,
+            "summary": summary,
+            "task_dir": Path(bfcl["dir"]),
+            "job": task["slurm_job_id"],
+            "eval_dir": eval_dir,
+        }
     return found
 
 
@@ -77,7 +82,9 @@ def test_an_array_on_one_node_gets_a_server_port_per_task(tmp_path, monkeypatch)
     assert len(ports) == 2 and 8000 not in ports
     assert found[100]["summary"]["node"] == found[200]["summary"]["node"]
     for evaluation in found.values():  # the saved config keeps the config's port; the job's copy moved it
-        assert yaml.safe_load((evaluation["eval_dir"] / "launcher_config.yaml").read_text())["deployment"]["port"] == 8000
+        assert (
+            yaml.safe_load((evaluation["eval_dir"] / "launcher_config.yaml").read_text())["deployment"]["port"] == 8000
+        )
 
 
 def test_a_fixed_port_in_the_builtin_default_shape_is_moved_too(tmp_path, monkeypatch):
@@ -107,7 +114,10 @@ def test_a_server_that_cannot_bind_fails_with_its_own_reason(tmp_path, monkeypat
     assert failed["state"] == "FAILED" and failed["summary"]["state"] == "FAILED"
     reason = failed["summary"]["reason"]
     assert "model server: the server process exited before it was ready" in reason
-    assert f"{failed['task_dir']}/logs/server_stdout.log" in reason and "OSError: [Errno 98] Address already in use" in reason
+    assert (
+        f"{failed['task_dir']}/logs/server_stdout.log" in reason
+        and "OSError: [Errno 98] Address already in use" in reason
+    )
     assert not (failed["task_dir"] / "logs" / "client_stdout.log").exists()  # no client ever started
     assert_served_by_its_own_server(found[200], 200)  # the other evaluation is unaffected
     shown = hpc_eval("status", "--json", tmp_path / "evals")
@@ -121,8 +131,16 @@ def test_pyxis_and_apptainer_scripts_carry_the_port_chosen_in_the_job(tmp_path, 
     """The launcher's dry run inside the job writes run.sh with the port the payload chose."""
     monkeypatch.setenv("HPC_EVAL_REPO", str(REPO))
     run = make_run(tmp_path / "run" / "checkpoints", [100])
-    result = submit_json("-c", CONFIGS / "bfcl_generic_host.yaml", "--checkpoint", run / "iter_0000100",
-                         "--output-dir", tmp_path / "evals", f"execution.runtime={runtime_name}", "dry_run=true")
+    result = submit_json(
+        "-c",
+        CONFIGS / "bfcl_generic_host.yaml",
+        "--checkpoint",
+        run / "iter_0000100",
+        "--output-dir",
+        tmp_path / "evals",
+        f"execution.runtime={runtime_name}",
+        "dry_run=true",
+    )
     ((task,),) = [job["tasks"] for job in result["jobs"]]
     assert wait_for_state(task["slurm_job_id"], timeout=300) == "COMPLETED"
     summary = json.loads((Path(task["eval_dir"]) / "summary.json").read_text())
@@ -132,10 +150,9 @@ def test_pyxis_and_apptainer_scripts_carry_the_port_chosen_in_the_job(tmp_path, 
     text = run_sh.read_text()
     (server_command,) = [line.strip() for line in text.splitlines() if line.strip().startswith("SERVER_COMMAND=")]
     assert server_command.endswith(f"fake_openai.py {port}'") and "8000" not in server_command
-    assert f"wait_for_server http://127.0.0.1:{port}/health 60 \"$SERVER_PID\" {port}" in text
+    assert f'wait_for_server http://127.0.0.1:{port}/health 60 "$SERVER_PID" {port}' in text
     launch = "srun --overlap" if runtime_name == "pyxis" else "apptainer exec --nv"
     assert any(launch in line and "server_stdout.log" in line for line in text.splitlines())
     encoded = re.search(r'echo "([A-Za-z0-9+/=]+)" \| base64 -d > config_ef.yaml', text).group(1)
     client = yaml.safe_load(base64.b64decode(encoded))["target"]["api_endpoint"]
     assert client["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"  # the client is sent to the same port
-

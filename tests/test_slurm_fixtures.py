@@ -39,9 +39,7 @@ def fetch(url: str, body: dict | None = None) -> dict:
 def slurm_executor(folder: Path, **parameters) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=folder / "%j")
     assert executor.cluster == "slurm", "submitit fell back to local execution"
-    executor.update_parameters(
-        **{"timeout_min": 5, "slurm_partition": "debug", "cpus_per_task": 1, **parameters}
-    )
+    executor.update_parameters(**{"timeout_min": 5, "slurm_partition": "debug", "cpus_per_task": 1, **parameters})
     return executor
 
 
@@ -81,9 +79,7 @@ def test_gpu_request_reaches_the_job(tmp_path):
 
 
 @pytest.mark.slurm
-def test_sbatch_counter_counts_one_call_per_submit_and_per_array(
-    tmp_path, count_sbatch, count_calls
-):
+def test_sbatch_counter_counts_one_call_per_submit_and_per_array(tmp_path, count_sbatch, count_calls):
     sacct = count_calls("sacct")
     executor = slurm_executor(tmp_path)
     job = executor.submit(square, 3)

@@ -23,7 +23,9 @@ def status_rows(root: Path) -> dict[str, dict]:
     return {row["job_id"]: row for row in json.loads(result.output)}
 
 
-def test_status_shows_each_state_with_one_squeue_and_one_sacct_call(tmp_path, monkeypatch, start_stub, real_docker, count_calls):
+def test_status_shows_each_state_with_one_squeue_and_one_sacct_call(
+    tmp_path, monkeypatch, start_stub, real_docker, count_calls
+):
     slow = start_stub(reply=BFCL_REPLY, delay_s=30)
     monkeypatch.setenv("STUB_URL", slow.url)
     run = make_run(tmp_path / "train" / "checkpoints", [100, 200, 300])
@@ -32,10 +34,16 @@ def test_status_shows_each_state_with_one_squeue_and_one_sacct_call(tmp_path, mo
     array = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", run, "--all", "--output-dir", out, *dry)
     (array_job,) = array["jobs"]
     completed_ids = [task["slurm_job_id"] for task in array_job["tasks"]]
-    running = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "slow", "slurm.gpus_per_node=0")
-    cancelled = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "cancelled", "slurm.gpus_per_node=0")
+    running = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "slow", "slurm.gpus_per_node=0"
+    )
+    cancelled = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "cancelled", "slurm.gpus_per_node=0"
+    )
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")  # a node whose docker is down
-    failed = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "broken", "slurm.gpus_per_node=0")
+    failed = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--output-dir", out, "--run", "broken", "slurm.gpus_per_node=0"
+    )
     running_id, cancelled_id, failed_id = (r["jobs"][0]["job_id"] for r in (running, cancelled, failed))
     for job_id in completed_ids:
         assert wait_for_state(job_id) == "COMPLETED"
@@ -62,19 +70,25 @@ def test_status_shows_each_state_with_one_squeue_and_one_sacct_call(tmp_path, mo
     subprocess.run(["scancel", running_id], check=False)
 
 
-def test_missing_results_are_resubmitted_as_one_array_and_resume(tmp_path, monkeypatch, start_stub, real_docker, count_calls):
+def test_missing_results_are_resubmitted_as_one_array_and_resume(
+    tmp_path, monkeypatch, start_stub, real_docker, count_calls
+):
     count_sbatch = count_calls("sbatch")  # after PATH is set, so that its wrapper stays first
     stub = start_stub(reply=BFCL_REPLY)
     monkeypatch.setenv("STUB_URL", stub.url)
     run = make_run(tmp_path / "train" / "checkpoints", [100, 200])
     out = tmp_path / "out"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")  # the first attempt fails: docker is down
-    first = submit_json("-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", run, "--all", "--output-dir", out, "slurm.gpus_per_node=0")
+    first = submit_json(
+        "-c", CONFIGS / "bfcl_stub.yaml", "--checkpoint", run, "--all", "--output-dir", out, "slurm.gpus_per_node=0"
+    )
     for task in first["jobs"][0]["tasks"]:
         assert wait_for_state(task["slurm_job_id"]) == "FAILED"
     missing = hpc_eval("results", out, "--missing", "--format", "json")
     assert [(row["iteration"], row["task"]) for row in json.loads(missing.output)] == [
-        (100, "bfcl.bfclv3_ast_prompting.0"), (200, "bfcl.bfclv3_ast_prompting.0")]
+        (100, "bfcl.bfclv3_ast_prompting.0"),
+        (200, "bfcl.bfclv3_ast_prompting.0"),
+    ]
 
     monkeypatch.setenv("DOCKER_HOST", real_docker.host)
     calls_before = count_sbatch.count()

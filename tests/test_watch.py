@@ -140,7 +140,9 @@ def test_checkpoints_appearing_between_passes_are_each_submitted_once(tmp_path, 
     done = watch(run, out, quiet=60)
     assert actions(done.output) == [] and count_sbatch.count() == 3
     (index,) = out.glob("train-*/.completed-*")  # evaluated checkpoints cost one stat on later passes
-    assert sorted(name.split("@")[0] for name in os.listdir(index)) == [iter_name(step) for step in (1000, 2000, 3000, 4000)]
+    assert sorted(name.split("@")[0] for name in os.listdir(index)) == [
+        iter_name(step) for step in (1000, 2000, 3000, 4000)
+    ]
 
 
 @pytest.mark.parametrize("overlap", ["same-dirs", "overlapping-dirs"])
@@ -157,15 +159,24 @@ def test_eight_simultaneous_passes_submit_each_checkpoint_once(tmp_path, count_s
     for index in range(8):
         dirs = [str(run)] if overlap == "same-dirs" or index % 2 else [str(run), str(other)]
         commands.append([str(HPC_EVAL), "watch", *dirs, *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "60"])
-    passes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for command in commands]
+    passes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for command in commands
+    ]
     outputs = [proc.communicate(timeout=180)[0] for proc in passes]
     codes = [proc.returncode for proc in passes]
     assert set(codes) <= {0, 75} and 0 in codes, list(zip(codes, outputs))
     for code, output in zip(codes, outputs):
         if code == 75:
             assert output.strip() == "another pass is running for these directories; nothing done", output
-    submitted = sorted((where.split("/")[-3].rsplit("-", 1)[0], step) for output in outputs for verb, step, where, _ in actions(output) if verb == "submitted")
-    expected = [("a", step) for step in (1000, 2000, 3000, 4000, 5000)] + ([("b", 1000), ("b", 2000)] if overlap != "same-dirs" else [])
+    submitted = sorted(
+        (where.split("/")[-3].rsplit("-", 1)[0], step)
+        for output in outputs
+        for verb, step, where, _ in actions(output)
+        if verb == "submitted"
+    )
+    expected = [("a", step) for step in (1000, 2000, 3000, 4000, 5000)] + (
+        [("b", 1000), ("b", 2000)] if overlap != "same-dirs" else []
+    )
     assert submitted == sorted(expected), outputs
     if overlap == "same-dirs":
         assert count_sbatch.count() == 1, count_sbatch.calls()
@@ -183,7 +194,9 @@ def test_a_pass_skips_what_submit_already_evaluated(tmp_path, count_sbatch):
     make_iter(run, 3000)
     make_quiet(run / iter_name(3000))
     result = watch(run, out)
-    assert result.exit_code == 0 and [(verb, step) for verb, step, _, _ in actions(result.output)] == [("submitted", 3000)], result.output
+    assert result.exit_code == 0 and [(verb, step) for verb, step, _, _ in actions(result.output)] == [
+        ("submitted", 3000)
+    ], result.output
     assert count_sbatch.count() == 2 and sorted(evaluations(out)) == [1000, 2000, 3000]
 
 
@@ -197,7 +210,9 @@ def test_a_changed_eval_config_submits_again(tmp_path, count_sbatch):
     assert changed.exit_code == 0 and steps(changed.output, "submitted") == [1000, 2000], changed.output
     assert count_sbatch.count() == 2
     found = evaluations(out)
-    assert all(len(dirs) == 2 and dirs[0].name != dirs[1].name for dirs in found.values()), found  # a new config hash dir
+    assert all(len(dirs) == 2 and dirs[0].name != dirs[1].name for dirs in found.values()), (
+        found
+    )  # a new config hash dir
     for config in (DRY_KEY, fewer_samples):
         again = watch(run, out, config=config)
         assert again.exit_code == 0 and actions(again.output) == [], again.output
@@ -215,15 +230,22 @@ def slow_real_eval(monkeypatch, start_stub, real_docker, count_calls):
     stub = start_stub(reply=BFCL_REPLY, delay_s=30)
     monkeypatch.setenv("STUB_URL", stub.url)
     sbatch = count_calls("sbatch")
-    return ["-c", str(CONFIGS / "bfcl_stub.yaml"), "slurm.cpus_per_task=1", "slurm.gpus_per_node=0",
-            "slurm.max_requeues=0"], sbatch
+    return [
+        "-c",
+        str(CONFIGS / "bfcl_stub.yaml"),
+        "slurm.cpus_per_task=1",
+        "slurm.gpus_per_node=0",
+        "slurm.max_requeues=0",
+    ], sbatch
 
 
 def wait_until_task_left_queue(task: str, timeout: float = 60.0) -> None:
     """Wait until squeue no longer lists this job or array task (sacct has the state before that)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", task.split("_")[0]], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", task.split("_")[0]], capture_output=True, text=True
+        ).stdout
         if task not in out.split():
             return
         time.sleep(0.3)
@@ -260,7 +282,9 @@ def test_a_timed_out_evaluation_is_resubmitted_and_a_cancelled_one_is_not(tmp_pa
 
     second = watch(run, out, config=short_limit)
     assert second.exit_code == 0, second.output
-    assert [(verb, step) for verb, step, _, _ in actions(second.output)] == [("skipped", 1000), ("submitted", 2000)], second.output
+    assert [(verb, step) for verb, step, _, _ in actions(second.output)] == [("skipped", 1000), ("submitted", 2000)], (
+        second.output
+    )
     timed_out = task_of(second.output, 2000)
     # the time limit ends it: submitit's USR2 (summary TIMEOUT, sacct FAILED) or Slurm's kill (sacct TIMEOUT)
     wait_for_state(timed_out, timeout=180)
@@ -364,7 +388,9 @@ def claim_as_a_dying_pass(run: Path, out: Path, step: int, *, age_s: float = 0, 
     (planned,) = submit_lib.plan(config, [(checkpoint, step)])
     assert submit_lib.prepare(config.for_checkpoint(checkpoint), planned)
     request = json.loads(planned.paths.request.read_text())
-    made = datetime.now(ZoneInfo(zone) if zone else None).astimezone(ZoneInfo(zone) if zone else None) - timedelta(seconds=age_s)
+    made = datetime.now(ZoneInfo(zone) if zone else None).astimezone(ZoneInfo(zone) if zone else None) - timedelta(
+        seconds=age_s
+    )
     request["created_at"] = made.strftime("%Y-%m-%dT%H:%M:%S%z")  # as store.now_iso() writes it there
     planned.paths.request.write_text(json.dumps(request))
     return planned.paths.root
@@ -379,10 +405,17 @@ def test_claim_ages_are_right_in_any_time_zone(tmp_path, count_sbatch):
     for calls, zone in enumerate(("America/New_York", "Asia/Tokyo"), start=1):
         fresh = claim_as_a_dying_pass(run, out, 1000, zone=zone)  # made now, by a pass in that zone
         stale = claim_as_a_dying_pass(run, out, 2000, zone=zone, age_s=600)
-        proc = subprocess.run([str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "0"],
-                              env={**os.environ, "TZ": zone}, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "0"],
+            env={**os.environ, "TZ": zone},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        ((verb, step, _, detail),) = [act for act in actions(proc.stdout) if act[0] != "skipped"] or [("", 0, "", f"nothing acted on:\n{proc.stdout}")]
+        ((verb, step, _, detail),) = [act for act in actions(proc.stdout) if act[0] != "skipped"] or [
+            ("", 0, "", f"nothing acted on:\n{proc.stdout}")
+        ]
         assert (verb, step) == ("resubmitted", 2000) and "claimed 60" in detail, f"TZ={zone}: {detail}"
         assert count_sbatch.count() == calls and not (fresh / "slurm.json").exists()
         shutil.rmtree(fresh)
@@ -412,8 +445,13 @@ def test_a_pass_without_sbatch_claims_nothing(tmp_path):
     make_quiet(run)
     out = tmp_path / "out"
     env = {**os.environ, "PATH": str(HPC_EVAL.parent)}  # cron's classic: Slurm's bin dir is not on PATH
-    proc = subprocess.run([str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "0"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(HPC_EVAL), "watch", str(run), *DRY_KEY, "--output-dir", str(out), "--quiet-seconds", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith("Error: sbatch is not on PATH") and "Traceback" not in proc.stderr
     assert not list(out.glob("*/iter_*")), "a pass that cannot submit claimed checkpoints"
@@ -443,9 +481,26 @@ def test_the_stop_file_stops_a_pass(tmp_path, count_sbatch, where):
 def test_cron_prints_a_crontab_line_and_a_scrontab_file(tmp_path):
     out, run = tmp_path / "out", tmp_path / "train" / "checkpoints"
     watch_args = [str(run), "-c", str(CONFIGS / "bfcl_stub.yaml"), "--output-dir", str(out), "--max-submit", "4"]
-    proc = subprocess.run([str(HPC_EVAL), "cron", "--every", "10", "--partition", "debug", "--time", "00:05:00",
-                           "--log", str(tmp_path / "watch.log"), "--", *watch_args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [
+            str(HPC_EVAL),
+            "cron",
+            "--every",
+            "10",
+            "--partition",
+            "debug",
+            "--time",
+            "00:05:00",
+            "--log",
+            str(tmp_path / "watch.log"),
+            "--",
+            *watch_args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     crontab, _, scrontab = proc.stdout.partition("# ---- scrontab ----\n")
     assert crontab.startswith("# ---- crontab ----\n")

@@ -9,6 +9,7 @@ Run once per node by the executor's `srun --nodes=N` with the launcher's PROC_ID
 
 Usage: multinode_server.py PORT
 """
+
 import os
 import signal
 import socket

@@ -73,15 +73,11 @@ def make_iter(
     files = shard_files(shards)
     files[".metadata"] = dcp_metadata(files)
     if fmt == "torch_dist":
-        files["metadata.json"] = json.dumps(
-            LEGACY_METADATA_JSON if common_pt else METADATA_JSON
-        ).encode()
+        files["metadata.json"] = json.dumps(LEGACY_METADATA_JSON if common_pt else METADATA_JSON).encode()
     if common_pt:
         files["common.pt"] = b"PK\x03\x04fake-common"
     files["train_state.pt"] = train_state(step)
-    files["run_config.yaml"] = RUN_CONFIG.format(
-        fmt=fmt, peft=PEFT_LORA if peft else PEFT_NONE
-    ).encode()
+    files["run_config.yaml"] = RUN_CONFIG.format(fmt=fmt, peft=PEFT_LORA if peft else PEFT_NONE).encode()
     if tokenizer:
         files.update({f"tokenizer/{name}": b"{}" for name in TOKENIZER_FILES})
     files.update(extra if isinstance(extra, Mapping) else dict.fromkeys(extra, b"x"))
@@ -154,9 +150,7 @@ def _pickle(value) -> bytes:
     raise TypeError(f"cannot pickle {value!r}")
 
 
-def make_run(
-    root: str | Path, steps: Iterable[int], *, tracker: bool = True, **iter_options
-) -> Path:
+def make_run(root: str | Path, steps: Iterable[int], *, tracker: bool = True, **iter_options) -> Path:
     """Write a training run's checkpoint directory with one complete iter dir per step.
 
     With `tracker`, both trackers name the highest step; `iter_options` go to make_iter.
@@ -223,9 +217,7 @@ def make_megatron_lm(root: str | Path, step: int) -> Path:
 def make_energon(run_dir: str | Path, step: int) -> Path:
     """The Megatron-Energon dataloader state a run keeps in energon/iter_NNNNNNN."""
     path = Path(run_dir) / "energon" / iter_name(step)
-    return _write(
-        path, {"train_dataloader_dprank000.pt": b"d0", "train_dataloader_dprank001.pt": b"d1"}
-    )
+    return _write(path, {"train_dataloader_dprank000.pt": b"d0", "train_dataloader_dprank001.pt": b"d1"})
 
 
 def _write(path: Path, files: Mapping[str, bytes]) -> Path:

@@ -51,8 +51,13 @@ class StubServer:
             self.proc.stdout.close()
 
 
-def start_stub(folder: Path, name: str = "stub", reply: str | None = None, delay_s: float | None = None,
-               model_id: str | None = None) -> StubServer:
+def start_stub(
+    folder: Path,
+    name: str = "stub",
+    reply: str | None = None,
+    delay_s: float | None = None,
+    model_id: str | None = None,
+) -> StubServer:
     """Start scripts/fake_openai.py on a free port of 127.0.0.1 (port 0), with the interpreter running
     this code; its request log and stderr go to folder/NAME.requests.jsonl and folder/NAME.stderr."""
     folder.mkdir(parents=True, exist_ok=True)
