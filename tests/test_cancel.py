@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-from fakeckpt import make_run
 
 from hpc_eval.status import collect_status
 from hpc_eval.watch import WatchOptions, retry_reason
@@ -18,6 +17,7 @@ from slurm_helpers import (
     wait_for_state,
     wait_until_gone_from_queue,
 )
+from support.fakeckpt import make_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -260,9 +260,8 @@ def test_a_real_evaluation_reaches_mlflow_and_the_launchers_own_tools(tmp_path, 
     import subprocess
     import sys
 
-    from fakeckpt import make_run
-
     from slurm_helpers import CONFIGS, hpc_eval, submit_json, wait_for_state
+    from support.fakeckpt import make_run
 
     monkeypatch.setenv("STUB_URL", start_stub(reply="[calculate_triangle_area(base=10, height=5)]").url)
     run = make_run(tmp_path / "train" / "checkpoints", [100])

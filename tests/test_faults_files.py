@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
 
 from slurm_helpers import hpc_eval, sacct_state, wait_for_state
+from support.fakeckpt import make_run
 from test_watch import DRY_KEY, actions, make_quiet, watch
 
 pytestmark = pytest.mark.slurm

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
 
 from slurm_helpers import hpc_eval
+from support.fakeckpt import make_run
 from test_watch import DRY_KEY, actions, make_quiet, watch
 
 pytestmark = pytest.mark.slurm

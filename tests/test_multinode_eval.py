@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fakeckpt import make_run
 
 from slurm_helpers import CONFIGS, REPO, hpc_eval, submit_json, wait_for_file, wait_for_state
+from support.fakeckpt import make_run
 from test_configs_users import ENV, HPC_EVAL, dry_run
 
 MULTINODE = CONFIGS / "multinode"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from fakeckpt import make_iter, make_run
 
 from hpc_eval.cli import main
 from hpc_eval.config import load_config
 from hpc_eval.launcher_yaml import dump_launcher_config, launcher_config_text
+from support.fakeckpt import make_iter, make_run
 
 # Paths YAML emits plain, and paths it must quote, escape or fold: each must come out as a full dump writes it.
 TRICKY_NAMES = [

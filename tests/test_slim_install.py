@@ -11,9 +11,9 @@ import os
 import subprocess
 
 import pytest
-from fakeckpt import make_run
 
 from slurm_helpers import CONFIGS, REPO, wait_for_state
+from support.fakeckpt import make_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
