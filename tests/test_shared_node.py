@@ -159,7 +159,9 @@ def test_pyxis_and_apptainer_scripts_carry_the_port_chosen_in_the_job(tmp_path, 
 
 
 # ---------------------------------------------------------------- real docker (scripts/start-docker.sh)
-def submit_docker_array(tmp_path: Path, monkeypatch, execution: dict | None = None) -> tuple[dict[int, dict], Path]:
+def submit_docker_array(
+    tmp_path: Path, monkeypatch, execution: dict | None = None, server_args: dict[int, str] | None = None
+) -> tuple[dict[int, dict], Path]:
     """tests/configs/shared_node_docker.yaml over both checkpoints, `execution` replacing its
     execution block; ({step: evaluation}, the dir the servers share at /sync)."""
     config = yaml.safe_load((CONFIGS / "shared_node_docker.yaml").read_text())
@@ -169,7 +171,7 @@ def submit_docker_array(tmp_path: Path, monkeypatch, execution: dict | None = No
     config["execution"]["mounts"] = {"deployment": {str(REPO / "scripts"): "/stub", str(sync): "/sync"}}
     path = tmp_path / "shared_node_docker.yaml"
     path.write_text(yaml.safe_dump(config))
-    run = two_checkpoints(tmp_path)
+    run = two_checkpoints(tmp_path, server_args)
     for step in SCORES:
         (run / f"iter_{step:07d}" / "step.txt").write_text(str(step))
     return submit_array(tmp_path, monkeypatch, path, run), sync
@@ -208,6 +210,14 @@ def test_docker_runtime_array_on_one_node_each_task_reaches_its_own_server_conta
     assert real_docker.containers_using(tmp_path) == {}
 
 
+LOCAL_EXECUTION = {
+    "type": "local",
+    "mode": "sequential",
+    "output_dir": "${output_dir}",
+    "endpoint_readiness_timeout": 120,
+}
+
+
 def test_launcher_local_executor_two_evaluations_on_one_node_each_reach_their_own_server(
     tmp_path, monkeypatch, real_docker
 ):
@@ -226,4 +236,20 @@ def test_launcher_local_executor_two_evaluations_on_one_node_each_reach_their_ow
         run_sh = (evaluation["task_dir"] / "run.sh").read_text()
         assert "--network container:$SERVER_CONTAINER_NAME" in run_sh  # the launcher's own script, not ours
     assert_one_node_two_ports(found)
+    assert real_docker.containers_using(tmp_path) == {}
+
+
+def test_launcher_local_executor_a_server_that_dies_at_start_fails_with_its_own_reason(
+    tmp_path, monkeypatch, real_docker
+):
+    """Step 100's server dies at start (a metrics port it cannot bind): the launcher's script sees
+    its `docker run` exit, and the summary quotes the server's log; step 200 is unaffected."""
+    found, sync = submit_docker_array(tmp_path, monkeypatch, LOCAL_EXECUTION, {100: "--metrics-port 99999"})
+    failed = found[100]
+    assert failed["state"] == "FAILED" and failed["summary"]["state"] == "FAILED", failed["summary"]
+    reason = failed["summary"]["reason"]
+    assert re.search(r"^bfcl\.bfclv3_ast_prompting\.0: model server: Server process \d+ died; see ", reason), reason
+    assert f"{failed['task_dir']}/logs/server_stdout.log" in reason and "port must be 0-65535" in reason
+    assert not (sync / "requests-100.jsonl").exists()  # it never served
+    assert_served_in_docker(found[200], 200, sync)
     assert real_docker.containers_using(tmp_path) == {}
