@@ -4,6 +4,9 @@ One array over two checkpoints, both tasks running at once on the local Slurm, e
 checkpoint with the stub server on the host runtime (tests/configs/shared_node_host.yaml). The
 stub's answer comes from the checkpoint, so a score tells which server answered: step 100's is
 right (bfcl 25.0), step 200's is wrong (0.0). Each server logs its own requests.
+The same array with real docker (tests/configs/shared_node_docker.yaml, the private dockerd):
+our executor's docker runtime, and the launcher's own `local` executor, whose clients run in their
+server container's network namespace.
 """
 
 from __future__ import annotations
