@@ -4,6 +4,9 @@ One array over two checkpoints, both tasks running at once on the local Slurm, e
 checkpoint with the stub server on the host runtime (tests/configs/shared_node_host.yaml). The
 stub's answer comes from the checkpoint, so a score tells which server answered: step 100's is
 right (bfcl 25.0), step 200's is wrong (0.0). Each server logs its own requests.
+The same array with real docker (tests/configs/shared_node_docker.yaml, the private dockerd):
+our executor's docker runtime, and the launcher's own `local` executor, whose clients run in their
+server container's network namespace.
 """
 
 from __future__ import annotations
@@ -156,3 +159,100 @@ def test_pyxis_and_apptainer_scripts_carry_the_port_chosen_in_the_job(tmp_path, 
     encoded = re.search(r'echo "([A-Za-z0-9+/=]+)" \| base64 -d > config_ef.yaml', text).group(1)
     client = yaml.safe_load(base64.b64decode(encoded))["target"]["api_endpoint"]
     assert client["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"  # the client is sent to the same port
+
+
+# ---------------------------------------------------------------- real docker (scripts/start-docker.sh)
+def submit_docker_array(
+    tmp_path: Path, monkeypatch, execution: dict | None = None, server_args: dict[int, str] | None = None
+) -> tuple[dict[int, dict], Path]:
+    """tests/configs/shared_node_docker.yaml over both checkpoints, `execution` replacing its
+    execution block; ({step: evaluation}, the dir the servers share at /sync)."""
+    config = yaml.safe_load((CONFIGS / "shared_node_docker.yaml").read_text())
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    config["execution"] = {**(execution or config["execution"])}
+    config["execution"]["mounts"] = {"deployment": {str(REPO / "scripts"): "/stub", str(sync): "/sync"}}
+    path = tmp_path / "shared_node_docker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = two_checkpoints(tmp_path, server_args)
+    for step in SCORES:
+        (run / f"iter_{step:07d}" / "step.txt").write_text(str(step))
+    return submit_array(tmp_path, monkeypatch, path, run), sync
+
+
+def assert_served_in_docker(evaluation: dict, step: int, sync: Path) -> None:
+    """Completed, scored with its own checkpoint's answers; its stub got its own readiness checks
+    and exactly its 4 samples (the other stub's log has the other 4)."""
+    summary, task_dir = evaluation["summary"], evaluation["task_dir"]
+    assert evaluation["state"] == "COMPLETED" and summary["state"] == "COMPLETED", summary
+    assert "all servers started" in (task_dir / "logs" / "server_stdout.log").read_text()  # the two servers overlapped
+    got = [json.loads(line) for line in (sync / f"requests-{step}.jsonl").read_text().splitlines()]
+    assert got[0]["method"] == "GET" and got[0]["path"] == "/health"  # its own readiness check
+    assert sum(request["method"] == "POST" for request in got) == 4  # its 4 samples, and not the other's
+    assert read_metrics(task_dir / "artifacts" / "results.yml")[METRIC] == SCORES[step]  # its checkpoint's answers
+
+
+def assert_one_node_two_ports(found: dict[int, dict]) -> None:
+    assert found[100]["summary"]["node"] == found[200]["summary"]["node"]
+    ports = {evaluation["summary"]["server_port"] for evaluation in found.values()}
+    assert len(ports) == 2 and 8000 not in ports
+
+
+def test_docker_runtime_array_on_one_node_each_task_reaches_its_own_server_container(
+    tmp_path, monkeypatch, real_docker
+):
+    """Our executor, runtime docker: each server container publishes the port its job chose (-p P:P);
+    the clients run on the host network and reach it there."""
+    found, sync = submit_docker_array(tmp_path, monkeypatch)
+    for step, evaluation in found.items():
+        assert_served_in_docker(evaluation, step, sync)
+        assert "served by this task's server" in (evaluation["task_dir"] / "logs" / "stdout.log").read_text()
+        run_sh = (evaluation["task_dir"] / "run.sh").read_text()
+        assert f"-p {evaluation['summary']['server_port']}:{evaluation['summary']['server_port']} " in run_sh
+    assert_one_node_two_ports(found)
+    assert real_docker.containers_using(tmp_path) == {}
+
+
+LOCAL_EXECUTION = {
+    "type": "local",
+    "mode": "sequential",
+    "output_dir": "${output_dir}",
+    "endpoint_readiness_timeout": 120,
+}
+
+
+def test_launcher_local_executor_two_evaluations_on_one_node_each_reach_their_own_server(
+    tmp_path, monkeypatch, real_docker
+):
+    """The launcher's `local` executor: the port is chosen in the job as for ours, and each client
+    runs in its server container's network namespace (--network container:SERVER), so its requests
+    and its adapter port (3825) are its own: both complete, each scored with its own server's answers."""
+    execution = {
+        "type": "local",
+        "mode": "sequential",
+        "output_dir": "${output_dir}",
+        "endpoint_readiness_timeout": 120,
+    }
+    found, sync = submit_docker_array(tmp_path, monkeypatch, execution)
+    for step, evaluation in found.items():
+        assert_served_in_docker(evaluation, step, sync)
+        run_sh = (evaluation["task_dir"] / "run.sh").read_text()
+        assert "--network container:$SERVER_CONTAINER_NAME" in run_sh  # the launcher's own script, not ours
+    assert_one_node_two_ports(found)
+    assert real_docker.containers_using(tmp_path) == {}
+
+
+def test_launcher_local_executor_a_server_that_dies_at_start_fails_with_its_own_reason(
+    tmp_path, monkeypatch, real_docker
+):
+    """Step 100's server dies at start (a metrics port it cannot bind): the launcher's script sees
+    its `docker run` exit, and the summary quotes the server's log; step 200 is unaffected."""
+    found, sync = submit_docker_array(tmp_path, monkeypatch, LOCAL_EXECUTION, {100: "--metrics-port 99999"})
+    failed = found[100]
+    assert failed["state"] == "FAILED" and failed["summary"]["state"] == "FAILED", failed["summary"]
+    reason = failed["summary"]["reason"]
+    assert re.search(r"^bfcl\.bfclv3_ast_prompting\.0: model server: Server process \d+ died; see ", reason), reason
+    assert f"{failed['task_dir']}/logs/server_stdout.log" in reason and "port must be 0-65535" in reason
+    assert not (sync / "requests-100.jsonl").exists()  # it never served
+    assert_served_in_docker(found[200], 200, sync)
+    assert real_docker.containers_using(tmp_path) == {}
