@@ -51,6 +51,7 @@ def load(
     tasks: Sequence[str] = (),
     output_dir: str | Path | None = None,
     slurm: dict[str, Any] | None = None,
+    placeholder: bool = False,
 ) -> Loaded:
     """Load a config (a built-in name or a YAML path), apply overrides, and build its Slurm settings.
 
@@ -66,7 +67,13 @@ def load(
     # --gpus changes the config's GPU count, so that the server command follows the sbatch line
     gpus = (slurm or {}).get("gpus_per_node")
     loaded = load_config(
-        config, tuple(overrides), checkpoint=checkpoint, tasks=tuple(tasks), output_dir=output_dir, gpus=gpus
+        config,
+        tuple(overrides),
+        checkpoint=checkpoint,
+        tasks=tuple(tasks),
+        output_dir=output_dir,
+        gpus=gpus,
+        placeholder=placeholder,
     )
     return Loaded(loaded, slurm_settings(loaded, slurm))
 
@@ -173,11 +180,19 @@ def watch(
         raise UsageError(
             f"run directory not found: {missing[0] if missing else '(none given)'}; give a training run's checkpoint directory"
         )
-    loaded = load(config, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir, slurm=slurm)
+    # the run dir stands for its iterations: an HF server's export is checked per iteration (watch.scan_run)
+    loaded = load(
+        config, overrides, checkpoint=run_dirs[0], tasks=tasks, output_dir=output_dir, slurm=slurm, placeholder=True
+    )
+    placeholder = Path(run_dirs[0])
+
+    def config_for(checkpoint: Path) -> EvalConfig:
+        return loaded.config if checkpoint == placeholder else loaded.config.for_checkpoint(checkpoint)
+
     while True:
         result = watch_lib.watch_pass(
             [Path(path) for path in run_dirs],
-            loaded.config.for_checkpoint,
+            config_for,
             loaded.settings,
             options or watch_lib.WatchOptions(),
         )

@@ -271,8 +271,11 @@ def load_config(
     tasks: tuple[str, ...] | list[str] = (),
     output_dir: str | Path | None = None,
     gpus: int | None = None,
+    placeholder: bool = False,
 ) -> EvalConfig:
     """Load a config, apply overrides and the checkpoint, resolve it, and take out the tool's keys.
+
+    `placeholder`: `checkpoint` is a run dir standing for its iterations (watch), not itself served.
 
     Raises:
         ConfigError: the file, an override or a resolved value is wrong.
@@ -290,7 +293,7 @@ def load_config(
         launcher_executors.set_gpus(cfg, gpus)
     deployments.serve_configured_model(cfg)
     if checkpoint is not None:
-        deployments.apply_checkpoint(cfg, Path(checkpoint), source)
+        deployments.apply_checkpoint(cfg, Path(checkpoint), source, check=not placeholder)
     if output_dir is not None:
         OmegaConf.update(cfg, "output_dir", str(output_dir), force_add=True)
     config = resolve(source, cfg, tasks)

@@ -78,8 +78,10 @@ def hf_export_problem(hf_dir: Path) -> str:
     return ""
 
 
-def served_path(kind: str, checkpoint: Path, source: Path) -> str:
+def served_path(kind: str, checkpoint: Path, source: Path, *, check: bool = True) -> str:
     """The path `deployment.checkpoint_path` gets for `--checkpoint checkpoint`.
+
+    `check=False`: `checkpoint` stands for every iteration of a run (watch checks each one's export).
 
     Raises:
         ConfigError: this deployment cannot serve that checkpoint.
@@ -93,7 +95,7 @@ def served_path(kind: str, checkpoint: Path, source: Path) -> str:
     if kind not in HF_SERVERS:
         return str(checkpoint)
     hf_dir = checkpoint if checkpoint.name == "hf" else checkpoint / "hf"
-    problem = hf_export_problem(hf_dir)
+    problem = hf_export_problem(hf_dir) if check else ""
     if problem:
         raise ConfigError(
             f"{source}: deployment.type {kind}: {HF_SERVERS[kind]} cannot load a Megatron checkpoint and {problem}; "
@@ -103,10 +105,11 @@ def served_path(kind: str, checkpoint: Path, source: Path) -> str:
     return str(hf_dir)
 
 
-def apply_checkpoint(cfg: DictConfig, checkpoint: Path, source: Path) -> None:
+def apply_checkpoint(cfg: DictConfig, checkpoint: Path, source: Path, *, check: bool = True) -> None:
     """Point the unresolved config at `checkpoint` as its deployment type serves it (see the table)."""
     kind = deployment_type(cfg)
-    OmegaConf.update(cfg, "deployment.checkpoint_path", served_path(kind, checkpoint, source), force_add=True)
+    path = served_path(kind, checkpoint, source, check=check)
+    OmegaConf.update(cfg, "deployment.checkpoint_path", path, force_add=True)
     if kind in HF_SERVERS and cfg.deployment.get("hf_model_handle", None) is not None:
         cfg.deployment.hf_model_handle = None  # the launcher's commands prefer it over /checkpoint
 

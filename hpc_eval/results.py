@@ -2,8 +2,8 @@
 
 An evaluation's scores come from its summary.json once the payload wrote a final one, else (the
 job is still running, or died before writing it) from the launcher's own tree, where a task's
-results.yml counts only when its logs/stage.exit says 0. Rows are checkpoints ordered by run and
-training step; columns are metric keys as `launcher_tree.read_metrics` names them.
+results.yml counts only when its logs/stage.exit says 0. Rows are (checkpoint, config) pairs ordered by
+run and training step; columns are metric keys as `launcher_tree.read_metrics` names them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class EvaluationResults:
     run: str
     iteration: int | None
     created_at: str
+    config_hash: str
     task_filters: list[str] | None
     task_metrics: dict[str, Metrics]  # launcher task dir name (bfcl.bfclv3_ast_prompting.0) -> metrics
     run_dir: str | None = None  # the run's real directory (see status.evaluated_run_dir)
@@ -46,10 +47,11 @@ class EvaluationResults:
 
 @dataclass
 class CheckpointScores:
-    """One row of the table: a checkpoint and its value for each metric key."""
+    """One row of the table: a checkpoint evaluated with one config, and its value for each metric key."""
 
     run: str
     iteration: int | None
+    config_hash: str
     scores: Metrics
     run_dir: str | None = None
     checkpoint_changed: bool = False  # the checkpoint was rewritten after these scores were made
@@ -61,7 +63,7 @@ class ResultsTable:
     metrics: list[str]  # the columns, sorted
 
     def records(self) -> list[dict[str, Any]]:
-        """One flat dict per row: run, iteration, [checkpoint,] then every metric (None where missing).
+        """One flat dict per row: run, iteration, config_hash, [checkpoint,] then every metric (None: missing).
 
         `run` is the label, or `<label>-<run hash>` where two training runs share the label;
         `checkpoint` ("rewritten" or "") is there only when some row's checkpoint was rewritten since.
@@ -72,6 +74,7 @@ class ResultsTable:
             {
                 "run": run_label(row.run, row.run_dir, shared),
                 "iteration": row.iteration,
+                "config_hash": row.config_hash,
                 **({"checkpoint": "rewritten" if row.checkpoint_changed else ""} if flagged else {}),
                 **{m: row.scores.get(m) for m in self.metrics},
             }
@@ -80,7 +83,7 @@ class ResultsTable:
 
     def columns(self) -> list[str]:
         flagged = any(row.checkpoint_changed for row in self.rows)
-        return ["run", "iteration", *(["checkpoint"] if flagged else []), *self.metrics]
+        return ["run", "iteration", "config_hash", *(["checkpoint"] if flagged else []), *self.metrics]
 
     def shared_labels(self) -> dict[str, list[str]]:
         return identity.shared_labels([(row.run, row.run_dir) for row in self.rows])
@@ -168,6 +171,7 @@ def read_evaluation(paths: EvalPaths) -> EvaluationResults:
         run=request.get("run") or paths.root.parent.parent.name,
         iteration=request.get("iteration"),
         created_at=request.get("created_at") or "",
+        config_hash=request.get("config_hash") or paths.root.name.split("-")[0],
         task_filters=request.get("task_filters"),
         task_metrics=successes,
         run_dir=evaluated_run_dir(request),
@@ -177,19 +181,31 @@ def read_evaluation(paths: EvalPaths) -> EvaluationResults:
 
 
 def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:
-    """One row per checkpoint; several evaluations of one checkpoint merge, the newest winning a clash.
+    """One row per checkpoint and config; evaluations of both merge, the newest winning a clash.
 
     A checkpoint is its run's real directory, its step and its content: runs that share a label,
-    and the weights before and after a rewrite in place, get rows of their own.
+    and the weights before and after a rewrite in place, get rows of their own; so does each config
+    (scores of two configs are not comparable, and the newer would hide the other).
     """
     shared = metrics_from_several_tasks(evaluations)
     rows: dict[tuple, CheckpointScores] = {}
     for evaluation in sorted(evaluations, key=lambda item: item.created_at):
-        key = (evaluation.run, evaluation.run_dir, evaluation.iteration, evaluation.checkpoint_stat)
+        key = (
+            evaluation.run,
+            evaluation.run_dir,
+            evaluation.iteration,
+            evaluation.checkpoint_stat,
+            evaluation.config_hash,
+        )
         row = rows.setdefault(
             key,
             CheckpointScores(
-                evaluation.run, evaluation.iteration, {}, evaluation.run_dir, evaluation.checkpoint_changed
+                evaluation.run,
+                evaluation.iteration,
+                evaluation.config_hash,
+                {},
+                evaluation.run_dir,
+                evaluation.checkpoint_changed,
             ),
         )
         for task, metrics in sorted(evaluation.task_metrics.items()):
@@ -197,7 +213,13 @@ def build_table(evaluations: list[EvaluationResults]) -> ResultsTable:
                 row.scores[f"{task}/{key}" if key in shared else key] = value
     ordered = sorted(
         rows.values(),
-        key=lambda row: (row.run, row.run_dir or "", step_order(row.run, row.iteration)[1], not row.checkpoint_changed),
+        key=lambda row: (
+            row.run,
+            row.run_dir or "",
+            step_order(row.run, row.iteration)[1],
+            not row.checkpoint_changed,
+            row.config_hash,
+        ),
     )
     return ResultsTable(ordered, sorted({key for row in ordered for key in row.scores}))
 
@@ -247,7 +269,7 @@ def expected_tasks(evaluation: EvaluationResults) -> list[str]:
 
 
 def plot(table: ResultsTable, path: Path | str) -> Figure:
-    """Save a PNG line chart of each metric against training step (one line per metric and run).
+    """Save a PNG line chart of each metric against training step (one line per metric, run and config).
 
     Checkpoints without a step (hosted endpoints), scores of checkpoints rewritten since and metrics a
     run never reported are left out.
@@ -263,7 +285,11 @@ def plot(table: ResultsTable, path: Path | str) -> Figure:
 
     shared = table.shared_labels()
     stepped = [row for row in table.rows if row.iteration is not None and not row.checkpoint_changed]
-    row_run = {id(row): run_label(row.run, row.run_dir, shared) for row in stepped}
+    several_configs = len({row.config_hash for row in stepped}) > 1
+    row_run = {
+        id(row): run_label(row.run, row.run_dir, shared) + (f" [{row.config_hash}]" if several_configs else "")
+        for row in stepped
+    }
     runs = list(dict.fromkeys(row_run[id(row)] for row in stepped))
     figure = Figure(figsize=(10, 6))
     FigureCanvasAgg(figure)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import checkpoint as ckpt
-from hpc_eval import identity
+from hpc_eval import deployments, identity
 from hpc_eval.config import EvalConfig, preflight
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.feasibility import check_feasible
@@ -181,6 +181,7 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
             )
             continue
         busy = quiet_problem(checkpoint, options.quiet_seconds) if verdict.ok else ""
+        busy = busy or (hf_export_wait(config, checkpoint) if verdict.ok else "")
         if verdict.ok and not busy:
             candidates.append(Candidate(paths, run, checkpoint, iteration, fingerprint=fingerprint))
         else:
@@ -201,6 +202,15 @@ def scan_run(run_dir: Path, config: EvalConfig, options: WatchOptions, result: P
         elif row.state not in LIVE_STATES:
             result.actions.append(Action(run, iteration, str(paths.root), "skipped", skip_reason(row, options)))
     return candidates
+
+
+def hf_export_wait(config: EvalConfig, checkpoint: Path) -> str:
+    """Why an HF-format server cannot serve this iteration yet (its hf/ export is incomplete), or ""."""
+    kind = deployments.deployment_type(config.launcher)
+    if kind not in deployments.HF_SERVERS:
+        return ""
+    problem = deployments.hf_export_problem(checkpoint / "hf")
+    return problem and f"deployment.type {kind} serves {checkpoint.name}/hf, not yet a complete HF export: {problem}"
 
 
 def skip_reason(row, options: WatchOptions) -> str:

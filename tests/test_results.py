@@ -137,9 +137,27 @@ def test_rows_are_checkpoints_in_step_order_with_missing_cells_as_none(output_di
     table = results.collect_results([output_dir])
     assert table.metrics == [*BFCL_METRICS, MATH_METRIC]
     assert table.records() == [
-        {"run": RUN, "iteration": 1000, **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.9, 25.0])), MATH_METRIC: 0.25},
-        {"run": RUN, "iteration": 2000, **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.93, 25.0])), MATH_METRIC: 0.5},
-        {"run": RUN, "iteration": 3000, **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.95, 25.0])), MATH_METRIC: None},
+        {
+            "run": RUN,
+            "iteration": 1000,
+            "config_hash": CONFIG_HASH,
+            **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.9, 25.0])),
+            MATH_METRIC: 0.25,
+        },
+        {
+            "run": RUN,
+            "iteration": 2000,
+            "config_hash": CONFIG_HASH,
+            **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.93, 25.0])),
+            MATH_METRIC: 0.5,
+        },
+        {
+            "run": RUN,
+            "iteration": 3000,
+            "config_hash": CONFIG_HASH,
+            **dict(zip(BFCL_METRICS, [0.0, 0.0, 0.95, 25.0])),
+            MATH_METRIC: None,
+        },
     ]
 
 
@@ -152,7 +170,7 @@ def test_a_run_folder_or_one_evaluation_can_be_the_root(output_dir):
 def test_results_yml_counts_only_when_stage_exit_says_zero(tmp_path):
     write_evaluation(tmp_path, 1000, [(BFCL, 1, "0.7"), (MATH, None, "0.6")], summary=None)
     table = results.collect_results([tmp_path])
-    assert table.metrics == [] and table.records() == [{"run": RUN, "iteration": 1000}]
+    assert table.metrics == [] and table.records() == [{"run": RUN, "iteration": 1000, "config_hash": CONFIG_HASH}]
 
 
 def test_a_requeued_summary_is_stale_and_the_tree_is_read(tmp_path):
@@ -172,11 +190,56 @@ def test_a_metric_from_two_launcher_tasks_gets_the_task_name(tmp_path):
     assert (second[f"{BFCL}.0/bfcl/non_live_overall_acc"], second[f"{BFCL}.1/bfcl/non_live_overall_acc"]) == (0.7, None)
 
 
-def test_evaluations_of_one_checkpoint_merge_into_one_row(tmp_path):
-    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9")], summary="COMPLETED", config_hash="aaaa")
-    write_evaluation(tmp_path, 1000, [(MATH, 0, "0.25")], summary="COMPLETED", config_hash="bbbb")
-    (record,) = results.collect_results([tmp_path]).records()
+def test_two_configs_on_one_checkpoint_give_a_row_each_with_its_hash(tmp_path):
+    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9")], summary="COMPLETED", config_hash="aaaa11112222")
+    write_evaluation(
+        tmp_path, 1000, [(BFCL, 0, "0.5")], summary="COMPLETED", config_hash="bbbb33334444", created_at="2026-01-02"
+    )
+    records = results.collect_results([tmp_path]).select(["non_live_overall"]).records()
+    assert records == [
+        {"run": RUN, "iteration": 1000, "config_hash": "aaaa11112222", "bfcl/non_live_overall_acc": 0.9},
+        {"run": RUN, "iteration": 1000, "config_hash": "bbbb33334444", "bfcl/non_live_overall_acc": 0.5},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        (
+            "table",
+            "run       iteration  config_hash   bfcl/non_live_overall_acc\n"
+            "llama-8b  1000       aaaa11112222  0.9\n"
+            "llama-8b  1000       bbbb33334444  0.5\n",
+        ),
+        (
+            "csv",
+            "run,iteration,config_hash,bfcl/non_live_overall_acc\n"
+            "llama-8b,1000,aaaa11112222,0.9\nllama-8b,1000,bbbb33334444,0.5\n",
+        ),
+        (
+            "markdown",
+            "| run | iteration | config_hash | bfcl/non_live_overall_acc |\n|---|---|---|---|\n"
+            "| llama-8b | 1000 | aaaa11112222 | 0.9 |\n| llama-8b | 1000 | bbbb33334444 | 0.5 |\n",
+        ),
+    ],
+)
+def test_two_configs_on_one_checkpoint_show_apart_in_every_format(tmp_path, fmt, expected):
+    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9")], summary="COMPLETED", config_hash="aaaa11112222")
+    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.5")], summary="COMPLETED", config_hash="bbbb33334444")
+    assert invoke(str(tmp_path), "--format", fmt, "--metric", "non_live_overall").stdout == expected
+    rows = json.loads(invoke(str(tmp_path), "--format", "json", "--metric", "non_live_overall").stdout)
+    assert [(row["config_hash"], row["bfcl/non_live_overall_acc"]) for row in rows] == [
+        ("aaaa11112222", 0.9),
+        ("bbbb33334444", 0.5),
+    ]
+
+
+def test_evaluations_of_one_checkpoint_and_config_merge_into_one_row(tmp_path):
+    write_evaluation(tmp_path, 1000, [(BFCL, 0, "0.9")], summary="COMPLETED")
+    rerun = write_evaluation(tmp_path / "again", 1000, [(MATH, 0, "0.25")], summary="COMPLETED")
+    (record,) = results.collect_results([tmp_path, tmp_path / "again"]).records()
     assert (record["bfcl/non_live_overall_acc"], record[MATH_METRIC]) == (0.9, 0.25)
+    assert json.loads((rerun / "request.json").read_text())["config_hash"] == record["config_hash"] == CONFIG_HASH
 
 
 def test_progress_is_reported_per_evaluation(output_dir):
@@ -233,6 +296,19 @@ def test_plot_draws_one_line_per_metric_and_run(output_dir, tmp_path):
     assert axes.get_title() == f"{RUN}, mistral-7b"
 
 
+def test_plot_draws_one_line_per_metric_and_config(tmp_path):
+    for step, scores in ((1000, ("0.9", "0.5")), (2000, ("0.95", "0.6"))):
+        write_evaluation(tmp_path, step, [(BFCL, 0, scores[0])], summary="COMPLETED", config_hash="aaaa11112222")
+        write_evaluation(tmp_path, step, [(BFCL, 0, scores[1])], summary="COMPLETED", config_hash="bbbb33334444")
+    table = results.collect_results([tmp_path]).select(["non_live_overall"])
+    (axes,) = results.plot(table, tmp_path / "scores.png").axes
+    assert [line.get_label() for line in axes.lines] == [
+        f"{RUN} [aaaa11112222]: bfcl/non_live_overall_acc",
+        f"{RUN} [bbbb33334444]: bfcl/non_live_overall_acc",
+    ]
+    assert [list(line.get_ydata()) for line in axes.lines] == [[0.9, 0.95], [0.5, 0.6]]
+
+
 def test_plot_refuses_when_no_checkpoint_has_a_step(tmp_path):
     write_evaluation(tmp_path, None, [(BFCL, 0, "0.9")], summary="COMPLETED")
     with pytest.raises(UsageError, match="nothing to plot"):
@@ -242,18 +318,18 @@ def test_plot_refuses_when_no_checkpoint_has_a_step(tmp_path):
 
 # ---- the command ----
 
-HEADER = ["run", "iteration", *BFCL_METRICS, MATH_METRIC]
+HEADER = ["run", "iteration", "config_hash", *BFCL_METRICS, MATH_METRIC]
 
 
 def test_table_format_is_aligned_with_a_marker_in_missing_cells(output_dir):
     assert invoke(str(output_dir)).stdout == (
-        "run       iteration  bfcl/live_overall_acc  bfcl/multi_turn_overall_acc  bfcl/non_live_overall_acc"
+        "run       iteration  config_hash   bfcl/live_overall_acc  bfcl/multi_turn_overall_acc  bfcl/non_live_overall_acc"
         "  bfcl/python_simple_ast_non_live  math_test_500_nemo/score/micro\n"
-        "llama-8b  1000       0                      0                            0.9                      "
+        "llama-8b  1000       0123abcd4567  0                      0                            0.9                      "
         "  25                               0.25\n"
-        "llama-8b  2000       0                      0                            0.93                     "
+        "llama-8b  2000       0123abcd4567  0                      0                            0.93                     "
         "  25                               0.5\n"
-        "llama-8b  3000       0                      0                            0.95                     "
+        "llama-8b  3000       0123abcd4567  0                      0                            0.95                     "
         "  25                               -\n"
     )
 
@@ -262,9 +338,9 @@ def test_csv_format_parses_with_empty_missing_cells(output_dir):
     text = invoke(str(output_dir), "--format", "csv").stdout
     assert text == (
         ",".join(HEADER) + "\n"
-        "llama-8b,1000,0.0,0.0,0.9,25.0,0.25\n"
-        "llama-8b,2000,0.0,0.0,0.93,25.0,0.5\n"
-        "llama-8b,3000,0.0,0.0,0.95,25.0,\n"
+        "llama-8b,1000,0123abcd4567,0.0,0.0,0.9,25.0,0.25\n"
+        "llama-8b,2000,0123abcd4567,0.0,0.0,0.93,25.0,0.5\n"
+        "llama-8b,3000,0123abcd4567,0.0,0.0,0.95,25.0,\n"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["iteration"] for row in rows] == ["1000", "2000", "3000"] and rows[2][MATH_METRIC] == ""
@@ -279,17 +355,18 @@ def test_json_format_has_null_in_missing_cells(output_dir):
 def test_markdown_format_has_a_header_separator(output_dir):
     result = invoke(str(output_dir), "--format", "markdown", "--metric", "non_live_overall", "--metric", "micro")
     assert result.stdout == (
-        "| run | iteration | bfcl/non_live_overall_acc | math_test_500_nemo/score/micro |\n"
-        "|---|---|---|---|\n"
-        "| llama-8b | 1000 | 0.9 | 0.25 |\n"
-        "| llama-8b | 2000 | 0.93 | 0.5 |\n"
-        "| llama-8b | 3000 | 0.95 | - |\n"
+        "| run | iteration | config_hash | bfcl/non_live_overall_acc | math_test_500_nemo/score/micro |\n"
+        "|---|---|---|---|---|\n"
+        "| llama-8b | 1000 | 0123abcd4567 | 0.9 | 0.25 |\n"
+        "| llama-8b | 2000 | 0123abcd4567 | 0.93 | 0.5 |\n"
+        "| llama-8b | 3000 | 0123abcd4567 | 0.95 | - |\n"
     )
 
 
 def test_metric_selects_columns_and_an_unknown_one_is_a_usage_error(output_dir):
     assert invoke(str(output_dir), "--metric", "bfcl/python_*", "--format", "csv").stdout == (
-        "run,iteration,bfcl/python_simple_ast_non_live\nllama-8b,1000,25.0\nllama-8b,2000,25.0\nllama-8b,3000,25.0\n"
+        "run,iteration,config_hash,bfcl/python_simple_ast_non_live\n"
+        "llama-8b,1000,0123abcd4567,25.0\nllama-8b,2000,0123abcd4567,25.0\nllama-8b,3000,0123abcd4567,25.0\n"
     )
     result = CliRunner().invoke(main, ["results", str(output_dir), "--metric", "mmlu"])
     assert result.exit_code == 2
@@ -346,7 +423,9 @@ def test_runs_that_share_a_label_get_rows_of_their_own_and_a_note(tmp_path):
         f"{RUN}-{run_hash('/ckpt/llama-8b/checkpoints')}",
         f"{RUN}-{run_hash('/elsewhere/llama-8b/checkpoints')}",
     )
-    assert sorted(result.stdout.splitlines()[1:]) == sorted([f"{first},1000,0.9", f"{second},1000,0.5"])
+    assert sorted(result.stdout.splitlines()[1:]) == sorted(
+        [f"{first},1000,{CONFIG_HASH},0.9", f"{second},1000,{CONFIG_HASH},0.5"]
+    )
     assert result.stderr == (
         f"note: 2 training runs share the label '{RUN}', shown apart: "
         f"{first} = /ckpt/llama-8b/checkpoints, {second} = /elsewhere/llama-8b/checkpoints\n"
@@ -368,6 +447,12 @@ def test_scores_of_a_checkpoint_rewritten_since_are_marked(tmp_path):
     (record,) = results.collect_results([tmp_path / "out"]).records()
     assert (record["iteration"], record["checkpoint"]) == (1000, "rewritten")
     shown = CliRunner().invoke(main, ["results", str(tmp_path / "out"), "--metric", "non_live_overall"])
-    assert shown.stdout.splitlines()[0].split() == ["run", "iteration", "checkpoint", "bfcl/non_live_overall_acc"]
-    assert shown.stdout.splitlines()[1].split() == [RUN, "1000", "rewritten", "0.9"]
+    assert shown.stdout.splitlines()[0].split() == [
+        "run",
+        "iteration",
+        "config_hash",
+        "checkpoint",
+        "bfcl/non_live_overall_acc",
+    ]
+    assert shown.stdout.splitlines()[1].split() == [RUN, "1000", CONFIG_HASH, "rewritten", "0.9"]
     assert "written again in place" in shown.stderr

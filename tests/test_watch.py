@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slurm_helpers import CONFIGS, hpc_eval, wait_for_state
 from support.fakeckpt import iter_name, make_iter, make_run, write_tracker
@@ -182,6 +183,47 @@ def test_eight_simultaneous_passes_submit_each_checkpoint_once(tmp_path, count_s
         assert count_sbatch.count() == 1, count_sbatch.calls()
     records = sorted(out.glob("*/iter_*/*/slurm.json"))
     assert len(records) == len(expected) and all(len(attempts(record.parent)) == 1 for record in records)
+
+
+def write_hf_export(iteration: Path) -> Path:
+    """A complete Megatron Bridge HF export in iter_N/hf/ (see deployments.hf_export_problem)."""
+    hf = iteration / "hf"
+    hf.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (hf / name).write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"w")
+    return hf
+
+
+def test_an_hf_server_config_evaluates_each_iteration_once_its_hf_export_is_complete(
+    tmp_path, count_sbatch, monkeypatch
+):
+    monkeypatch.setenv("HF_TOKEN", "hf-not-real")
+    run = make_run(tmp_path / "train" / "checkpoints", [100, 200, 300])
+    write_hf_export(run / iter_name(100))
+    (write_hf_export(run / iter_name(300)) / "model.safetensors").unlink()  # its export is still being written
+    out = tmp_path / "out"
+    vllm = ["-c", str(CONFIGS / "users" / "vllm_hf.yaml"), "+dry_run=true", "slurm.cpus_per_task=1"]
+    config = [*vllm, "slurm.gpus_per_node=0"]
+
+    first = watch(run, out, config=config)
+    assert first.exit_code == 0, first.output
+    assert steps(first.output, "submitted") == [100] and count_sbatch.count() == 1
+    waiting = {step: why for verb, step, _, why in actions(first.output) if verb == "waiting"}
+    assert sorted(waiting) == [200, 300], first.output
+    assert waiting[200].startswith("deployment.type vllm serves iter_0000200/hf, not yet a complete HF export: ")
+    assert waiting[200].endswith("iter_0000200/hf does not exist") and "has no weights" in waiting[300]
+    assert not list(out.glob(f"train-*/{iter_name(200)}")) and not list(out.glob(f"train-*/{iter_name(300)}"))
+    ((eval_dir,),) = evaluations(out).values()
+    saved = yaml.safe_load((eval_dir / "launcher_config.yaml").read_text())["deployment"]
+    assert saved["checkpoint_path"] == str(run / iter_name(100) / "hf")
+    assert saved.get("hf_model_handle") is None and "meta-llama" not in saved["command"]
+
+    write_hf_export(run / iter_name(200))  # Megatron Bridge exported 200
+    second = watch(run, out, config=config)
+    assert steps(second.output, "submitted") == [200] and steps(second.output, "waiting") == [300]
+    assert count_sbatch.count() == 2
+    assert wait_for_state(attempts(eval_dir)[0]["slurm_job_id"], timeout=240) == "COMPLETED"
 
 
 def test_a_pass_skips_what_submit_already_evaluated(tmp_path, count_sbatch):
