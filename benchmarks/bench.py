@@ -731,12 +731,12 @@ import json, sys, time
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
 import hpc_eval.cli; mark("import hpc_eval.cli (click)")
-from hpc_eval import checkpoint, config, slurm, submit; mark("import config, submit (omegaconf, yaml)")
+from hpc_eval import checkpoint, config, launcher, preflight, slurm, submit; mark("import config, submit (omegaconf, yaml)")
 cfg = config.load_config("tiny_chat"); mark("load_config")
-if not config.cache_file("preflight", "").parent.is_dir():  # cold
+if not launcher.cache_file("preflight", "").parent.is_dir():  # cold
     from hpc_eval.launcher import import_launcher; import_launcher(); mark("import the launcher")
-    config.task_catalogue(); mark("task catalogue: the launcher parses it (cache miss)")
-config.preflight(cfg)
+    launcher.task_catalogue(); mark("task catalogue: the launcher parses it (cache miss)")
+preflight.preflight(cfg)
 mark("preflight" + ("" if "nemo_evaluator_launcher" in sys.modules else " (cached verdict: no launcher import)"))
 settings = slurm.slurm_settings(cfg)
 submit.submit_evaluations(cfg, checkpoint.choose_checkpoints([], checkpoint.Selection()), settings, dry_run=True)

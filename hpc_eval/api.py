@@ -1,6 +1,6 @@
 """The Python API: one function per command, each returning data and raising `HpcEvalError` subclasses.
 
-The CLI (cli.py) is these functions plus option parsing and formatting (output.py); a notebook or a
+The CLI (cli*.py) is these functions plus option parsing and formatting (output.py); a notebook or a
 training script calls them directly:
 
     from hpc_eval import api
@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from hpc_eval.config import EvalConfig
     from hpc_eval.export import ExportReport
     from hpc_eval.results import MissingResult, ResultsTable
+    from hpc_eval.sbatch import SubmittedJob
     from hpc_eval.slurm import SlurmSettings
     from hpc_eval.status import EvaluationStatus
-    from hpc_eval.submit import SubmitResult, SubmittedJob
+    from hpc_eval.submit import SubmitResult
     from hpc_eval.watch import PassResult, WatchOptions
 
 DEFAULT_ROOT = "./results"
@@ -120,15 +121,15 @@ def submit(
     Raises:
         CheckpointError, ConfigError, SlurmUnavailable, SubmitError.
     """
-    from hpc_eval import config as config_lib
     from hpc_eval import submit as submit_lib
     from hpc_eval.checkpoint import Selection, choose_checkpoints
+    from hpc_eval.preflight import preflight
 
     selection = Selection(select_all, latest, every, from_step, to_step)
     choice = choose_checkpoints(list(checkpoints), selection, strict=strict)
     first = choice.valid[0][0] if choice.valid else None
     loaded = load(config, overrides, checkpoint=first, tasks=tasks, output_dir=output_dir, slurm=slurm)
-    config_lib.preflight(loaded.config)
+    preflight(loaded.config)
     result = submit_lib.submit_evaluations(
         loaded.config, choice, loaded.settings, run=run, force=force, dry_run=dry_run
     )
@@ -275,10 +276,10 @@ def resubmit_missing(missing: Iterable[MissingResult]) -> Resubmission:
     Raises:
         SlurmUnavailable, SubmitError.
     """
+    from hpc_eval.sbatch import resubmit
     from hpc_eval.slurm import LIVE_STATES
     from hpc_eval.status import collect_status
     from hpc_eval.store import EvalPaths
-    from hpc_eval.submit import resubmit
 
     eval_dirs = sorted({item.eval_dir for item in missing})
     live = {row.eval_dir for row in collect_status([Path(d) for d in eval_dirs]) if row.state in LIVE_STATES}

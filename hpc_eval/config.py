@@ -2,12 +2,12 @@
 
 A config is a launcher config plus the tool's own keys (`TOOL_KEYS`). `load_config` returns the
 resolved launcher part as plain data with the tool's keys taken out; `preflight` checks it the
-way the launcher would, without the launcher's side effects; launcher_yaml.py writes it.
+way the launcher would (preflight.py), without the launcher's side effects; overrides.py applies `key=value`;
+launcher_yaml.py writes it.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpc_eval import deployments, launcher_executors
 from hpc_eval.config_checks import MAX_YAML_BYTES, check_yaml_shape, refuse_line_breaks, unset_env_vars
 from hpc_eval.errors import ConfigError
-from hpc_eval.launcher import cache_file, import_launcher, launcher_key, task_catalogue, write_cache
+from hpc_eval.launcher import import_launcher
+from hpc_eval.overrides import apply_override, missing_keys
 from hpc_eval.resources import BUILTIN_CONFIGS, RUNTIME_CHOICES
 from hpc_eval.slurm import SLURM_DEFAULTS, SlurmSettings, check_slurm_keys
 
@@ -197,72 +198,6 @@ def with_slurm_defaults(cfg: DictConfig, source: Path) -> DictConfig:
     return cfg
 
 
-def key_exists(cfg: DictConfig, dotted: str) -> bool:
-    node: Any = cfg
-    for part in dotted.split("."):
-        # `part in node` is False for a `???` value: OmegaConf reports it as absent
-        if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing()) and part in node.keys():  # noqa: SIM118
-            node = node._get_node(part)
-        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
-            node = node._get_node(int(part))
-        else:
-            return False
-    return True
-
-
-def apply_override(cfg: DictConfig, item: str, source: Path) -> None:
-    """Apply one `key=value` (existing key), `+key=value` (new key) or `~key` (delete)."""
-    if item.startswith("~"):
-        key = item[1:]
-        if not key_exists(cfg, key):
-            raise ConfigError(f"override '{item}': no key '{key}' in {source} to delete")
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        del node[int(leaf) if isinstance(node, ListConfig) else leaf]
-        return
-    if "=" not in item:
-        raise ConfigError(
-            f"override '{item}' has no '='; write key=value, for example evaluation.nemo_evaluator_config.config.params.limit_samples=5"
-        )
-    adding = item.startswith("+")
-    key, _, _ = item.lstrip("+").partition("=")
-    if key.startswith("slurm."):  # `+` would be silently ignored
-        check_slurm_keys([key.split(".")[1]], f"override '{item}'")
-    if not adding and not key_exists(cfg, key):
-        raise ConfigError(
-            f"override '{item}': unknown key '{key}' in {source}{suggest(cfg, key)}; write '+{item}' to add a new key"
-        )
-    try:
-        value = OmegaConf.select(OmegaConf.from_dotlist([item.lstrip("+")]), key)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"override '{item}': cannot parse the value: {error}") from None
-    OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-
-
-def suggest(cfg: DictConfig, key: str) -> str:
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig):
-        return ""
-    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
-    return f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
-
-
-def missing_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted names of every `???` left in the config."""
-    found = []
-    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, _ in items:
-        dotted = f"{prefix}{key}"
-        if OmegaConf.is_missing(node, key):
-            found.append(dotted)
-            continue
-        child = node._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_interpolation():
-            found += missing_keys(child, dotted + ".")
-    return found
-
-
 def load_config(
     name_or_path: str,
     overrides: tuple[str, ...] | list[str] = (),
@@ -395,74 +330,6 @@ def check_launcher_shape(config: EvalConfig) -> None:
             raise ConfigError(
                 f"{source}: target.api_endpoint.{empty[0]} is empty and deployment.type is none; set target.api_endpoint.{empty[0]}=... (tiny_chat reads NEMO_EVALUATOR_MODEL_URL / NEMO_EVALUATOR_MODEL_ID)"
             )
-
-
-def preflight(config: EvalConfig) -> None:
-    """Check the tasks and the `evaluation` section the way the launcher will, without its side effects.
-
-    Passing checks are remembered per launcher version in the cache (see `cache_file`).
-
-    Then the launcher's own acceptance checks on the config as it will be saved (acceptance.py).
-
-    Raises:
-        ConfigError: an unknown or ambiguous task, a bad evaluation key, a filter that matches
-            nothing, a config the launcher rejects, or a variable it needs that is not set.
-    """
-    from hpc_eval.acceptance import check_acceptance
-
-    check_tasks(config)
-    check_acceptance(saved_form(config.launcher, config.output_dir), config.source)
-
-
-def check_tasks(config: EvalConfig) -> None:
-    evaluation = config.launcher.get("evaluation") or {}
-    # A cron pass checks the same config every few minutes: once this launcher accepted these
-    # tasks, skip the launcher's import (0.4 s) and the checks.
-    passed = cache_file(
-        "preflight", json.dumps([launcher_key(), evaluation, config.task_filters], sort_keys=True, default=str)
-    )
-    if passed.exists():
-        return
-    import_launcher()
-    from nemo_evaluator_launcher.api.functional import filter_tasks
-    from nemo_evaluator_launcher.common.config_models import EvaluationModel
-    from nemo_evaluator_launcher.common.mapping import get_task_from_mapping
-    from pydantic import ValidationError
-
-    try:
-        EvaluationModel.model_validate(evaluation)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = "evaluation." + ".".join(str(part) for part in first["loc"])
-        raise ConfigError(
-            f"{config.source}: {where}: {first['msg']}; allowed evaluation keys are {sorted(EvaluationModel.model_fields)}"
-        ) from None
-    tasks = evaluation.get("tasks") or []
-    if not tasks:
-        raise ConfigError(f"{config.source}: evaluation.tasks is empty; list at least one task (see `nel ls tasks`)")
-    mapping = dict.fromkeys(task_catalogue())  # get_task_from_mapping only looks at the keys
-    for index, task in enumerate(tasks):
-        if task.get("container"):
-            continue  # a custom image brings its own task list; the launcher checks it in the job
-        try:
-            get_task_from_mapping(task["name"], mapping)
-        except ValueError as error:
-            hint = "" if any(key[1] == task["name"] for key in mapping) else unknown_task_hint(task["name"], mapping)
-            raise ConfigError(f"{config.source}: evaluation.tasks.{index}.name: {one_line(error)}{hint}") from None
-    if config.task_filters:
-        try:
-            filter_tasks(OmegaConf.create(config.launcher), config.task_filters)
-        except ValueError as error:
-            raise ConfigError(f"task filter: {one_line(error)}; use a configured task name or name.INDEX") from None
-    write_cache(passed, {"passed": True})  # the name is a hash: no config text (or secret) is stored
-
-
-def unknown_task_hint(name: str, mapping: dict) -> str:
-    names = sorted({task for _, task in mapping} | {f"{harness}.{task}" for harness, task in mapping})
-    close = difflib.get_close_matches(name, names, n=3)
-    return (
-        f" (did you mean {', '.join(close)}?)" if close else ""
-    ) + "; use a task name from `nel ls tasks` (or harness.task)"
 
 
 def one_line(error: Exception) -> str:

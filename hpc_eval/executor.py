@@ -32,15 +32,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from hpc_eval.allocation import job_nodes
-from hpc_eval.executor_scripts import (
-    Layout,
-    Options,
-    add_secrets,
-    plan_task,
-    proxy_on_server_port,
-    render_script,
-    task_commands,
-)
+from hpc_eval.executor_options import Layout, Options, proxy_on_server_port
+from hpc_eval.executor_scripts import add_secrets, plan_task, render_script, task_commands
 from hpc_eval.launcher_tree import clear_stages, is_running, new_invocation_dir, read_stage_exit, was_interrupted
 from hpc_eval.ports import serves
 from hpc_eval.resources import RUNTIMES

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc_eval import identity
+from hpc_eval.job_states import SlurmJobState, query_sacct, query_squeue
 from hpc_eval.launcher_tree import task_logs
-from hpc_eval.slurm import SlurmJobState, query_sacct, query_squeue
 from hpc_eval.store import EvalPaths, forget_warnings, iter_evaluations, read_json
 
 FINAL_SUMMARY_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}

@@ -10,7 +10,7 @@ Safe to run every few minutes forever, from crontab or scrontab, on several logi
     longer knows (LOST) are submitted again up to `max_attempts`; FAILED and CANCELLED only with
     `retry_failed`; every other ended evaluation gets a `skipped` line saying why;
   * a claim whose sbatch never happened (the pass died in between) is submitted again once it is
-    older than STALE_CLAIM_S (a failed sbatch releases its claim at once: see submit.submit);
+    older than STALE_CLAIM_S (a failed sbatch releases its claim at once: see sbatch.submit);
   * a checkpoint or run dir that cannot be read (a symlink loop, no permission) is skipped with
     its reason, and the pass goes on with the rest.
 """
@@ -29,9 +29,11 @@ from typing import Any
 
 from hpc_eval import checkpoint as ckpt
 from hpc_eval import deployments, identity
-from hpc_eval.config import EvalConfig, preflight
+from hpc_eval.config import EvalConfig
 from hpc_eval.errors import HpcEvalError
 from hpc_eval.feasibility import check_feasible
+from hpc_eval.preflight import preflight
+from hpc_eval.sbatch import PlannedEvaluation, describe_os_error, release_unsubmitted, submit
 from hpc_eval.slurm import LIVE_STATES, require_slurm
 from hpc_eval.status import LOST, RETRYABLE_STATES, UNSUBMITTED, reconcile
 from hpc_eval.store import (
@@ -47,14 +49,7 @@ from hpc_eval.store import (
     run_folder,
     run_of,
 )
-from hpc_eval.submit import (
-    PlannedEvaluation,
-    describe_os_error,
-    prepare_all,
-    release_unsubmitted,
-    submit,
-    write_request,
-)
+from hpc_eval.submit import prepare_all, write_request
 
 EXIT_PASS_RUNNING = 75  # EX_TEMPFAIL: another pass holds the lock, try again next time
 

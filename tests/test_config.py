@@ -17,10 +17,11 @@ import yaml
 from click.testing import CliRunner
 
 from hpc_eval.cli import main
-from hpc_eval.config import TOOL_KEYS, load_config, preflight
+from hpc_eval.config import TOOL_KEYS, load_config
 from hpc_eval.errors import ConfigError
 from hpc_eval.launcher import import_launcher
 from hpc_eval.launcher_yaml import save_launcher_config
+from hpc_eval.preflight import preflight
 from support.fakeckpt import make_iter
 
 ENV_VARS = ("NEMO_EVALUATOR_MODEL_URL", "NEMO_EVALUATOR_MODEL_ID", "NEMO_EVALUATOR_API_KEY_NAME")
@@ -426,7 +427,8 @@ def test_preflight_writes_nothing_in_home(tmp_path):
     cwd.mkdir()
     (cwd / "vllm.yaml").write_text(VLLM_YAML)
     code = (
-        "from hpc_eval.config import load_config, preflight\n"
+        "from hpc_eval.config import load_config\n"
+        "from hpc_eval.preflight import preflight\n"
         "import sys\n"
         "assert 'nemo_evaluator_launcher' not in sys.modules\n"
         "preflight(load_config('tiny_chat'))\n"

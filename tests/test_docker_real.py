@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpc_eval.cleanup import kill_containers
 from hpc_eval.launcher_tree import read_metrics
-from hpc_eval.payload import CLEANUP_BUDGET_S, kill_containers
+from hpc_eval.payload import CLEANUP_BUDGET_S
 from slurm_helpers import CONFIGS, REPO, free_port, submit_json, wait_for_state, wait_until_gone_from_queue
 from support.fakeckpt import make_run
 

@@ -110,8 +110,9 @@ def test_line_breaks_are_refused_before_anything_is_claimed(tmp_path, monkeypatc
 
 
 def test_follow_up_commands_are_shell_quoted(tmp_path):
+    from hpc_eval.sbatch import PlannedEvaluation, SubmittedJob
     from hpc_eval.store import EvalPaths
-    from hpc_eval.submit import PlannedEvaluation, SubmitResult, SubmittedJob, follow_up_commands
+    from hpc_eval.submit import SubmitResult, follow_up_commands
 
     output_dir = tmp_path / HOSTILE
     evaluation = PlannedEvaluation(EvalPaths(output_dir / "run" / "ckpt"), "run", None, None)

@@ -11,15 +11,12 @@ import pytest
 
 from hpc_eval.errors import ConfigError
 from hpc_eval.feasibility import check_feasible, memory_mb, parse_sinfo
+from hpc_eval.job_states import SlurmJobState, array_tasks, parse_sacct, parse_squeue
 from hpc_eval.slurm import (
     NO_TIME_LIMIT,
     SLURM_DEFAULTS,
-    SlurmJobState,
     SlurmSettings,
-    array_tasks,
     base_job_ids,
-    parse_sacct,
-    parse_squeue,
     sbatch_preview,
     settings_from,
     time_minutes,
