@@ -190,21 +190,8 @@ class SubmitResult:
         }
 
 
+@identity.resolving_once()  # each checkpoint's and run dir's real path is resolved once
 def submit_evaluations(
-    config: EvalConfig,
-    choice: CheckpointChoice,
-    settings: SlurmSettings,
-    *,
-    run: str | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-) -> SubmitResult:
-    """`plan_save_submit`, resolving each checkpoint's and run dir's real path once."""
-    with identity.resolving_once():
-        return plan_save_submit(config, choice, settings, run=run, force=force, dry_run=dry_run)
-
-
-def plan_save_submit(
     config: EvalConfig,
     choice: CheckpointChoice,
     settings: SlurmSettings,
