@@ -25,13 +25,10 @@ BFCL_REPLY = "[calculate_triangle_area(base=10, height=5)]"
 
 
 def test_cancel_a_running_array_leaves_every_evaluation_cancelled_by_user(
-    tmp_path, monkeypatch, start_stub, docker_standin, count_calls
+    tmp_path, monkeypatch, start_stub, real_docker, count_calls
 ):
-    for name, value in docker_standin.items():
-        monkeypatch.setenv(name, value)
     slow = start_stub(reply=BFCL_REPLY, delay_s=30)  # every request takes 30 s: the tasks stay running
     monkeypatch.setenv("STUB_URL", slow.url)
-    monkeypatch.setenv("DOCKER_STANDIN_DETACHED", "1")  # containers outside the job, as real docker makes them
     run = make_run(tmp_path / "train" / "checkpoints", [100, 200])
     out = tmp_path / "out"
     submitted = submit_json(
@@ -64,6 +61,7 @@ def test_cancel_a_running_array_leaves_every_evaluation_cancelled_by_user(
     assert table.count("cancelled by user") == 2
     time.sleep(2)
     assert processes_mentioning(str(out)) == []
+    assert real_docker.containers_using(tmp_path) == {}  # the clients' containers were killed and removed
     assert processes_mentioning("bfcl generate") == []
     assert [retry_reason(row.state, row.attempts, row.created_at, WatchOptions()) for row in rows] == ["", ""]
     assert all(retry_reason(row.state, row.attempts, row.created_at, WatchOptions(retry_failed=True)) for row in rows)

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 UNREACHABLE = ("No matching distribution", "Could not find a version", "Failed to establish", "Network is unreachable")
 
 
-def test_slim_venv_has_no_ray_and_evaluates_a_checkpoint(tmp_path, monkeypatch, start_stub, docker_standin):
+def test_slim_venv_has_no_ray_and_evaluates_a_checkpoint(tmp_path, monkeypatch, start_stub, real_docker):
     venv = tmp_path / "slim"
     built = subprocess.run(
         ["bash", str(REPO / "scripts" / "install-slim.sh"), str(venv), str(REPO)],
@@ -38,9 +38,7 @@ def test_slim_venv_has_no_ray_and_evaluates_a_checkpoint(tmp_path, monkeypatch, 
     ).stdout.lower()
     assert "leptonai" not in freeze and "\nray==" not in freeze and "nemo-evaluator-launcher==0.2.6" in freeze
 
-    env = dict(
-        os.environ, **docker_standin, STUB_URL=start_stub(reply="[calculate_triangle_area(base=10, height=5)]").url
-    )
+    env = dict(os.environ, STUB_URL=start_stub(reply="[calculate_triangle_area(base=10, height=5)]").url)
     run = make_run(tmp_path / "train" / "checkpoints", [100])
     out = tmp_path / "out"
     submitted = subprocess.run(
