@@ -6,7 +6,6 @@ tells the user: `check_feasible` refuses it before anything is claimed.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from hpc_eval.errors import ConfigError
@@ -34,9 +33,11 @@ class Node:
         return total
 
 
-@functools.lru_cache(maxsize=1)
 def cluster_nodes() -> tuple[Node, ...] | None:
-    """Every (partition, node) from one `sinfo` call, cached for the command; None without an answer."""
+    """Every (partition, node) from one `sinfo` call; None without an answer.
+
+    Not cached: each command checks once, and a long-lived caller (a notebook, `watch --loop`)
+    must see the cluster as it is now, or the cluster its SLURM_CONF names now."""
     output = run_quietly(["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"])
     return None if output is None else parse_sinfo(output)
 
