@@ -66,16 +66,17 @@ def broken_run(root: Path) -> Path:
     return run
 
 
-def give_launcher_logs_to(entry: pwd.struct_passwd) -> None:
-    """The launcher, imported by the parent, logs to a file in a private (mode 700) temp dir of
-    root's (hpc_eval/launcher.py): the child, once it is `entry`, must still reach it."""
+def drop_log_files() -> None:
+    """The launcher, imported by the parent, logs to a file in one of root's private dirs (its temp
+    HOME, or an evaluation's launcher-state under pytest's mode-700 tmp): the child, once another
+    user, could not even stat it. It needs no log file: close them."""
     import logging
 
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    files = {Path(h.baseFilename) for lg in loggers for h in getattr(lg, "handlers", []) if hasattr(h, "baseFilename")}
-    for state in {path.parents[2] for path in files if path.parents[2].name.startswith("hpc-eval-launcher-")}:
-        for path in [state, *state.rglob("*")]:
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def as_user(user: str, *args, home: Path) -> subprocess.CompletedProcess:
@@ -104,7 +105,7 @@ def as_user(user: str, *args, home: Path) -> subprocess.CompletedProcess:
     if pid == 0:  # the child: never returns into pytest
         try:
             entry = pwd.getpwnam(user)
-            give_launcher_logs_to(entry)
+            drop_log_files()
             os.setgroups([])
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
