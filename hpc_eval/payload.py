@@ -29,6 +29,9 @@ from hpc_eval.launcher_tree import find_invocation_dir, task_outcome
 from hpc_eval.store import EvalPaths, now_iso, read_json, write_json
 
 CLEANUP_BUDGET_S = 4.0  # Slurm's KillWait is 30 s by default, 5 s on the local test cluster
+# A resumed attempt has no KillWait to race: its removals must end before the scripts reuse the
+# names, or `docker run --name` meets the old container (or our `rm` removes the new one).
+RESUME_CLEANUP_BUDGET_S = 120.0
 
 
 class Terminated(BaseException):
@@ -285,7 +288,7 @@ class Launcher:
             # containers outlive an attempt killed before its clean-up (a time-limit signal that came
             # late): remove them, or the resumed scripts fail on their names
             earlier = Invocation(previous, find_invocation_dir(cfg.execution.output_dir, previous), {}, [])
-            kill_containers(container_names(earlier), CLEANUP_BUDGET_S)
+            kill_containers(container_names(earlier), RESUME_CLEANUP_BUDGET_S)
             invocation_id, port = resume_eval(previous), state.get("server_port")
         else:
             invocation_id = run_eval(cfg, dry_run=dry_run, tasks=tasks)

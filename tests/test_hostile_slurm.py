@@ -17,6 +17,7 @@ import pytest
 from slurm_helpers import (
     CONFIGS,
     hpc_eval,
+    release_requeue_hold,
     submit_json,
     wait_for_file,
     wait_for_state,
@@ -47,11 +48,6 @@ def put_first_on_path(monkeypatch, tmp_path: Path, name: str, script: str) -> No
     (bin_dir / name).write_text("#!/bin/bash\n" + script)
     (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-
-
-def release_hold(job_id: str) -> None:
-    """Skip Slurm's 120 s hold of a requeued job."""
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
 def test_checkpoint_spelled_with_escapes_is_evaluated_once(tmp_path, monkeypatch):
@@ -143,7 +139,7 @@ def test_usr2_while_the_launcher_starts_resumes_the_same_invocation(tmp_path, mo
     while not (read_summary(eval_dir)["attempt"] == 2 and read_summary(eval_dir)["state"] != "REQUEUED"):
         assert time.monotonic() < deadline, read_summary(eval_dir)
         if read_summary(eval_dir)["attempt"] == 1:
-            release_hold(job_id)
+            release_requeue_hold(job_id, eval_dir)
         time.sleep(1)
     second = read_summary(eval_dir)
     assert second["state"] == "COMPLETED", second
