@@ -47,6 +47,13 @@ def child_sessions() -> list[int]:
     return sorted(found)
 
 
+KILL_THEN_REMOVE = """docker kill "$1"; docker wait "$1"; docker rm "$1"
+tries=0
+while docker container inspect "$1" >/dev/null 2>&1 && [ $((tries += 1)) -le 150 ]; do
+    sleep 0.2; docker rm "$1"
+done"""
+
+
 def kill_containers(names: list[str], budget_s: float) -> None:
     """`docker kill` then `docker rm`, each name in parallel: `docker stop` waits 10 s when PID 1
     ignores TERM (and nemo-evaluator takes 30 s to stop on TERM), and podman's `rm -f` stops first
@@ -55,10 +62,12 @@ def kill_containers(names: list[str], budget_s: float) -> None:
     if not names or not shutil.which("docker"):
         return
     # Slurm sends SIGTERM to every process of the step while we clean up: the removals ignore it.
-    # `kill` returns once the signal is sent: `rm` of a container not yet dead fails, so wait first
+    # `kill` returns once the signal is sent: `rm` of a container not yet dead fails, so wait first.
+    # An earlier attempt's clean-up can outlive its job and be removing the same container: our
+    # `rm` then fails at once, so wait (up to 30 s) until the name is really free.
     kills = [
         subprocess.Popen(
-            ["sh", "-c", 'docker kill "$1"; docker wait "$1"; docker rm "$1"', "kill-then-rm", name],
+            ["sh", "-c", KILL_THEN_REMOVE, "kill-then-rm", name],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=ignore_sigterm,
