@@ -66,6 +66,13 @@ def run(eval_dir: Path) -> dict[str, Any]:
             "node": os.environ.get("SLURMD_NODENAME"),
             "role": "hosts the steps rank 0 starts",
         }
+    # from the first line: Slurm signals a job whose time limit is under the signal delay at once,
+    # and a preemption can come at any time; during the launcher's import it left no summary
+    with Signals() as signals:
+        return evaluate(eval_dir, signals)
+
+
+def evaluate(eval_dir: Path, signals: Signals) -> dict[str, Any]:
     paths = EvalPaths(eval_dir)
     request = paths.read_request()
     summary = {"started_at": now_iso(), "dry_run": request.get("dry_run", False), **job_facts()}
@@ -85,7 +92,7 @@ def run(eval_dir: Path) -> dict[str, Any]:
         raise EvaluationFailed(reason)
 
     launcher = start_launcher(paths)
-    with Signals() as signals, harness_temp_dir():
+    with harness_temp_dir():
         try:
             cfg, port = launcher.load_config(paths.launcher_config)
             invocation = launcher.start(cfg, paths, port, dry_run=summary["dry_run"], tasks=request.get("task_filters"))
@@ -176,8 +183,9 @@ class Signals:
     submitit handles USR2 (time limit, preemption): it requeues the job with `scontrol requeue`
     and exits (SystemExit), or raises UncompletedJobError. The requeue makes Slurm send TERM to
     the job, which can arrive inside that handler: that TERM is part of the requeue, not a cancel.
-    While the launcher starts (`act` not yet called), both signals wait, so that a requeued job
-    finds its invocation saved and no script is left running unrecorded.
+    From the payload's first line until the launcher has started (`act`), both signals wait, so
+    that every attempt writes its summary, a requeued job finds its invocation saved and no script
+    is left running unrecorded.
     """
 
     def __enter__(self) -> Signals:
